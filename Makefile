@@ -1,0 +1,36 @@
+# The two commands: `make demo` and `make test`. Both build .venv from the pinned requirement
+# files when it is missing or when those files changed, and reuse it otherwise.
+SHELL := bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+REQS := environments/requirements-cpu.txt environments/requirements-dev.txt pyproject.toml
+PROFILE ?= quick
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lab benchmark clean-venv
+
+venv:
+	@set -eo pipefail; \
+	want=$$(cat $(REQS) | sha256sum | cut -c1-16); \
+	if [ -x $(BIN)/python ] && [ "$$(cat $(VENV)/.requirements-hash 2>/dev/null)" = "$$want" ]; then exit 0; fi; \
+	echo "[venv] creating $(VENV) from the pinned requirements ($$want)"; start=$$(date +%s); \
+	rm -rf $(VENV); $(PY) -m venv $(VENV); \
+	$(BIN)/pip install -q --disable-pip-version-check -r environments/requirements-dev.txt 2>&1 | { grep -v 'is ignored: it is neither' || true; }; \
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | { grep -v 'is ignored: it is neither' || true; }; \
+	$(BIN)/python -c "import support, torch, diffusers, papermill" ; \
+	echo "$$want" > $(VENV)/.requirements-hash; \
+	echo "[venv] ready in $$(( $$(date +%s) - start )) s"
+
+demo: venv
+	$(BIN)/python -m support.pipeline --profile $(PROFILE)
+
+test: venv
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+lab: venv
+	$(BIN)/python -m ipykernel install --user --name synthcxr --display-name "Python (synthcxr .venv)"
+	$(BIN)/jupyter lab notebooks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,104 @@
+"""Files that are never half-written: atomic writes, JSON, and safetensors state dicts."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator, Mapping
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+    """Open a temporary file beside ``path`` and move it into place only if the block succeeds.
+
+    Readers see either the old file or the complete new one, never a partial write, even if the
+    process is killed mid-way (``os.replace`` is atomic on POSIX and Windows within one volume).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_write(path, "wb") as fh:
+        fh.write(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def _json_default(obj: Any):
+    # numpy scalars/arrays and paths appear in metrics; make them plain JSON.
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
+    text = json.dumps(obj, indent=indent, default=_json_default, sort_keys=False)
+    write_text_atomic(path, text + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_state_dict(state: Mapping[str, Any], path: str | os.PathLike,
+                    metadata: Mapping[str, str] | None = None) -> Path:
+    """Save tensors as safetensors, atomically. Shared storage is copied apart first."""
+    import torch
+    from safetensors.torch import save as st_save
+
+    tensors = {k: v.detach().contiguous().clone() if isinstance(v, torch.Tensor) else v
+               for k, v in state.items()}
+    bad = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise TypeError(f"{path}: state dict entries are not tensors: {bad[:5]}")
+    write_bytes_atomic(path, st_save(tensors, metadata={k: str(v) for k, v in (metadata or {}).items()}))
+    return Path(path)
+
+
+def load_state_dict(path: str | os.PathLike, device: str = "cpu") -> dict:
+    """Load a safetensors file; a ``.pt``/``.pth``/``.bin`` file only through ``weights_only=True``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path), device=device)
+    import torch
+    return torch.load(path, map_location=device, weights_only=True)

@@ -1,0 +1,122 @@
+"""Parameters as typed dataclasses: a notebook's ``parameters`` cell or a YAML mapping -> config.
+
+Unknown names and wrong types are errors that name the source and the field, so a typo in a
+profile fails before hours of training rather than being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+T = TypeVar("T")
+
+
+class ParameterError(ValueError):
+    pass
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ParameterError as exc:
+                errors.append(str(exc))
+        raise ParameterError(f"{where}: {value!r} matches none of {tp}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ParameterError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ParameterError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
+        return from_mapping(tp, value, source=where)
+    if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ParameterError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ParameterError(f"{where}: expected {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if (origin is tuple or tp is tuple) else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ParameterError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ParameterError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ParameterError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParameterError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParameterError(f"{where}: expected a string, got {value!r}")
+        return value
+    if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise ParameterError(f"{where}: expected a path, got {value!r}")
+        return Path(value)
+    return value
+
+
+def from_mapping(cls: type[T], values: Mapping[str, Any], source: str = "parameters",
+                 ignore_extra: bool = False) -> T:
+    """Build dataclass ``cls`` from ``values``; unknown or ill-typed fields raise ``ParameterError``."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown and not ignore_extra:
+        raise ParameterError(f"{source}: unknown parameter(s) {unknown} for {cls.__name__}; "
+                             f"expected some of {sorted(fields)}")
+    kwargs = {}
+    for name, field in fields.items():
+        if name in values:
+            kwargs[name] = _coerce(values[name], hints[name], f"{source}: {cls.__name__}.{name}")
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ParameterError(f"{source}: missing required parameter {cls.__name__}.{name}")
+    return cls(**kwargs)
+
+
+def from_namespace(cls: type[T], namespace: Mapping[str, Any], source: str = "notebook parameters") -> T:
+    """Pick ``cls``'s fields out of a namespace such as a notebook's ``globals()``."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return from_mapping(cls, {k: v for k, v in namespace.items() if k in names}, source=source)
+
+
+def to_dict(obj: Any) -> dict:
+    """Dataclass -> plain JSON-ready dict (paths as strings, tuples as lists)."""
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(obj)

@@ -1,0 +1,439 @@
+"""Run the numbered notebooks in order with papermill: ``python -m support.pipeline``.
+
+Each run gets its own directory ``outputs/runs/<run-id>/`` holding the executed notebooks, their
+HTML renders, a ``manifest.json`` (profile, parameters, code version, packages, timings) and an
+``index.html`` that links everything with the headline metrics the notebooks wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from support.io import read_json, write_json_atomic
+from support.runs import DEFAULT_RUNS_ROOT, REPO_ROOT, RunPaths, create_run_dir, new_run_id
+
+NOTEBOOK_RE = re.compile(r"^(\d{2})_[A-Za-z0-9_]+\.ipynb$")
+PROFILES = ("test", "quick", "full")
+INJECTED = ("run_dir", "seed", "profile")  # set by the runner, never by a profile file
+PROFILE_KEYS = {"seed", "description", "notebooks"}
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+REPORTED_PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "peft", "accelerate",
+                     "torchmetrics", "lightly", "segment-anything", "numpy", "pandas", "scikit-learn",
+                     "scipy", "papermill", "nbconvert", "pydicom", "opencv-python-headless", "safetensors")
+KERNEL_NAME = "synthcxr-pipeline"
+
+
+class PipelineError(RuntimeError):
+    """A problem found before or while running; the message says what and where."""
+
+
+@dataclasses.dataclass
+class Notebook:
+    name: str                 # e.g. "02_ddpm"
+    path: Path
+    declared: dict[str, dict]  # papermill's view of the parameters cell
+
+    @property
+    def number(self) -> str:
+        return self.name[:2]
+
+
+# --------------------------------------------------------------------------- discovery
+
+def discover(notebooks_dir: Path) -> list[Notebook]:
+    import papermill
+
+    notebooks_dir = Path(notebooks_dir)
+    if not notebooks_dir.is_dir():
+        raise PipelineError(f"{notebooks_dir}: notebooks directory not found")
+    found = []
+    for path in sorted(notebooks_dir.glob("*.ipynb")):
+        if not NOTEBOOK_RE.match(path.name):
+            continue
+        try:
+            declared = papermill.inspect_notebook(str(path))
+        except Exception as exc:  # malformed JSON or no parameters cell
+            raise PipelineError(f"{path}: cannot read its parameters cell ({exc})") from None
+        if not _has_parameters_cell(path):
+            raise PipelineError(f"{path}: no cell tagged 'parameters'")
+        found.append(Notebook(path.stem, path, declared))
+    numbers = [nb.number for nb in found]
+    dup = sorted({n for n in numbers if numbers.count(n) > 1})
+    if dup:
+        raise PipelineError(f"{notebooks_dir}: several notebooks share the number(s) {dup}")
+    return found
+
+
+def _has_parameters_cell(path: Path) -> bool:
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    return sum("parameters" in c.get("metadata", {}).get("tags", []) for c in nb.get("cells", [])) == 1
+
+
+def select(notebooks: list[Notebook], only: str | None = None, start: str | None = None) -> list[Notebook]:
+    """``only``: comma-separated numbers or names; ``start``: the first number or name to run."""
+    def matches(nb: Notebook, key: str) -> bool:
+        key = key.strip()
+        return nb.name == key or nb.number == key.zfill(2)
+
+    chosen = notebooks
+    if only:
+        keys = [k for k in only.split(",") if k.strip()]
+        for key in keys:
+            if not any(matches(nb, key) for nb in notebooks):
+                raise PipelineError(f"--only {key}: no such notebook; have {[nb.name for nb in notebooks]}")
+        chosen = [nb for nb in chosen if any(matches(nb, k) for k in keys)]
+    if start:
+        idx = [i for i, nb in enumerate(chosen) if matches(nb, start)]
+        if not idx:
+            raise PipelineError(f"--from {start}: no such notebook among {[nb.name for nb in chosen]}")
+        chosen = chosen[idx[0]:]
+    return chosen
+
+
+# --------------------------------------------------------------------------- profiles
+
+def load_profile(params_dir: Path, profile: str) -> tuple[Path, dict]:
+    path = Path(params_dir) / f"{profile}.yaml"
+    if not path.exists():
+        raise PipelineError(f"{path}: profile file not found (profiles: {', '.join(PROFILES)})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: expected a mapping with keys {sorted(PROFILE_KEYS)}")
+    unknown = sorted(set(data) - PROFILE_KEYS)
+    if unknown:
+        raise PipelineError(f"{path}: unknown top-level key(s) {unknown}; expected {sorted(PROFILE_KEYS)}")
+    notebooks = data.get("notebooks") or {}
+    if not isinstance(notebooks, dict) or not all(isinstance(v, dict) or v is None for v in notebooks.values()):
+        raise PipelineError(f"{path}: 'notebooks' must map notebook names to parameter mappings")
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise PipelineError(f"{path}: 'seed' must be an integer, got {seed!r}")
+    return path, {"seed": seed, "description": data.get("description", ""),
+                  "notebooks": {k: dict(v or {}) for k, v in notebooks.items()}}
+
+
+def validate(profile_path: Path | str, profile: dict, notebooks: list[Notebook],
+             selected: list[Notebook]) -> None:
+    """Refuse, before anything runs, any parameter a notebook does not declare."""
+    by_name = {nb.name: nb for nb in notebooks}
+    for name, params in profile["notebooks"].items():
+        if name not in by_name:
+            raise PipelineError(f"{profile_path}: names notebook '{name}', which does not exist "
+                                f"(notebooks: {sorted(by_name)})")
+        nb = by_name[name]
+        for key in params:
+            if key in INJECTED:
+                raise PipelineError(f"{profile_path}: notebook '{name}': parameter '{key}' is set by "
+                                    f"the runner and cannot appear in a profile")
+            if key not in nb.declared:
+                raise PipelineError(f"{profile_path}: notebook '{name}' does not declare parameter "
+                                    f"'{key}' (declared: {sorted(nb.declared)})")
+    for nb in selected:
+        if "run_dir" not in nb.declared:
+            raise PipelineError(f"{nb.path}: the parameters cell must declare run_dir")
+
+
+def parameters_for(nb: Notebook, profile_name: str, profile: dict, run_dir: Path) -> dict:
+    params = dict(profile["notebooks"].get(nb.name, {}))
+    params["run_dir"] = str(run_dir)
+    if "seed" in nb.declared:
+        params["seed"] = profile["seed"]
+    if "profile" in nb.declared:
+        params["profile"] = profile_name
+    return params
+
+
+def apply_overrides(profile: dict, overrides: list[str]) -> None:
+    """``--set 02_ddpm.max_steps=200``: the value is read as YAML (numbers, lists, booleans)."""
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        nb, dot, param = key.partition(".")
+        if not sep or not dot or not nb or not param:
+            raise PipelineError(f"--set {item!r}: expected NOTEBOOK.PARAM=VALUE")
+        profile["notebooks"].setdefault(nb, {})[param] = yaml.safe_load(raw)
+
+
+# --------------------------------------------------------------------------- manifest
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def git_state(repo: Path = REPO_ROOT) -> dict:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=20)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def package_versions() -> dict:
+    out = {}
+    for name in REPORTED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def platform_info() -> dict:
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "machine": platform.machine(), "cpu_count": os.cpu_count()}
+    try:
+        import torch
+        info["cuda"] = torch.cuda.is_available()
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info["torch_threads"] = torch.get_num_threads()
+    except Exception as exc:  # the manifest must not stop a run; say why the field is empty
+        info["cuda"] = f"unknown ({exc})"
+    return info
+
+
+def new_manifest(profile_name: str, profile_path: Path, profile: dict, selected: list[Notebook],
+                 paths: RunPaths) -> dict:
+    return {
+        "run_id": paths.root.name,
+        "profile": profile_name,
+        "profile_file": str(profile_path),
+        "created": _now(),
+        "git": git_state(),
+        "packages": package_versions(),
+        "platform": platform_info(),
+        "seeds": {"profile": profile["seed"]},
+        "parameters": {nb.name: parameters_for(nb, profile_name, profile, paths.root) for nb in selected},
+        "notebooks": [{"name": nb.name, "source": str(nb.path), "status": "pending", "start": None,
+                       "end": None, "duration_s": None} for nb in selected],
+        "dataset_fingerprint": None,
+        "status": "pending",
+    }
+
+
+# --------------------------------------------------------------------------- execution
+
+class _KernelSpec:
+    """A kernelspec for the interpreter running the pipeline, so notebooks use this very env."""
+
+    def __enter__(self) -> str:
+        self.dir = Path(tempfile.mkdtemp(prefix="synthcxr-kernel-"))
+        spec = self.dir / "kernels" / KERNEL_NAME
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python (pipeline)", "language": "python"}))
+        self.old = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(self.dir), self.old]))
+        return KERNEL_NAME
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop("JUPYTER_PATH", None)
+        else:
+            os.environ["JUPYTER_PATH"] = self.old
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def render_html(ipynb: Path, html: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(ipynb), as_version=4))
+    from support.io import write_text_atomic
+    write_text_atomic(html, body)
+
+
+def _fmt_elapsed(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def describe_failure(nb_name: str, exc: BaseException, output: Path) -> str:
+    """The notebook, the failing cell's first lines and the exception, as a short block of text."""
+    from papermill.exceptions import PapermillExecutionError
+
+    lines = [f"FAILED: notebook {nb_name}"]
+    if isinstance(exc, PapermillExecutionError):
+        src = [ln for ln in (exc.source or "").splitlines()]
+        lines.append(f"  cell {exc.cell_index} (execution count {exc.exec_count}):")
+        lines += [f"    | {ln}" for ln in src[:6]]
+        if len(src) > 6:
+            lines.append(f"    | ... ({len(src) - 6} more lines)")
+        lines.append(f"  {exc.ename}: {exc.evalue}")
+    else:
+        lines.append(f"  {type(exc).__name__}: {exc}")
+    lines.append(f"  executed notebook with the full traceback: {output}")
+    return "\n".join(lines)
+
+
+def run(profile_name: str, notebooks_dir: Path, params_dir: Path, runs_root: Path,
+        run_id: str | None = None, only: str | None = None, start: str | None = None,
+        resume: Path | None = None, overrides: list[str] | None = None,
+        out=None) -> Path:
+    """Run the selected notebooks; returns the run directory. Raises ``PipelineError`` on failure."""
+    import papermill
+
+    out = out or sys.stdout
+    notebooks = discover(notebooks_dir)
+    if resume is not None:
+        paths = RunPaths(Path(resume).expanduser().resolve())
+        if not paths.manifest.exists():
+            raise PipelineError(f"{paths.manifest}: no manifest; not a run directory to resume")
+        manifest = read_json(paths.manifest)
+        profile_name = manifest["profile"]
+        by_name = {nb.name: nb for nb in notebooks}
+        missing = [e["name"] for e in manifest["notebooks"] if e["name"] not in by_name]
+        if missing:
+            raise PipelineError(f"{paths.manifest}: notebooks {missing} of this run no longer exist")
+        selected = [by_name[e["name"]] for e in manifest["notebooks"]]
+        profile = {"seed": manifest["seeds"]["profile"], "notebooks": {
+            nb: {k: v for k, v in p.items() if k not in INJECTED} for nb, p in manifest["parameters"].items()}}
+        validate(manifest["profile_file"], profile, notebooks, selected)
+        todo = [i for i, e in enumerate(manifest["notebooks"]) if e["status"] != "ok"]
+        if not todo:
+            print(f"{paths.root}: every notebook already ran; nothing to resume", file=out)
+            return paths.root
+        first = todo[0]
+        print(f"Resuming {paths.root.name} from {manifest['notebooks'][first]['name']}", file=out)
+    else:
+        if profile_name not in PROFILES:
+            raise PipelineError(f"--profile {profile_name}: expected one of {PROFILES}")
+        profile_path, profile = load_profile(params_dir, profile_name)
+        apply_overrides(profile, overrides or [])
+        selected = select(notebooks, only, start)
+        if not selected:
+            raise PipelineError(f"{notebooks_dir}: no notebooks to run")
+        validate(profile_path, profile, notebooks, selected)
+        paths = create_run_dir(runs_root, run_id or new_run_id(profile_name))
+        manifest = new_manifest(profile_name, profile_path, profile, selected, paths)
+        write_json_atomic(paths.manifest, manifest)
+        first = 0
+        print(f"Run {paths.root}  (profile {profile_name}, {len(selected)} notebooks)", file=out)
+
+    from support.run_index import write_index
+
+    os.environ.update(OFFLINE_ENV)
+    (paths.root / "logs").mkdir(exist_ok=True)
+    total = len(selected)
+    t_run = time.monotonic()
+    manifest["status"] = "running"
+    failure: str | None = None
+    with _KernelSpec() as kernel:
+        for i in range(first, total):
+            nb, entry = selected[i], manifest["notebooks"][i]
+            output = paths.notebooks / nb.path.name
+            html = paths.html / f"{nb.name}.html"
+            log = paths.root / "logs" / f"{nb.name}.log"
+            entry.update(status="running", start=_now(), end=None, duration_s=None, error=None,
+                         output=str(output.relative_to(paths.root)), html=str(html.relative_to(paths.root)),
+                         log=str(log.relative_to(paths.root)))
+            write_json_atomic(paths.manifest, manifest)
+            print(f"[{i + 1}/{total}] {nb.name} ...", file=out, flush=True)
+            t0 = time.monotonic()
+            try:
+                with open(log, "w", encoding="utf-8") as log_fh:
+                    papermill.execute_notebook(
+                        str(nb.path), str(output), parameters=manifest["parameters"][nb.name],
+                        kernel_name=kernel, cwd=str(nb.path.parent), progress_bar=sys.stderr.isatty(),
+                        stdout_file=log_fh, stderr_file=log_fh, start_timeout=120)
+                entry["status"] = "ok"
+            except KeyboardInterrupt:
+                entry["status"] = "interrupted"
+                failure = f"interrupted during {nb.name}"
+            except Exception as exc:
+                entry["status"] = "failed"
+                entry["error"] = f"{type(exc).__name__}: {getattr(exc, 'evalue', exc)}"
+                failure = describe_failure(nb.name, exc, output)
+            dur = time.monotonic() - t0
+            entry.update(end=_now(), duration_s=round(dur, 2))
+            if output.exists():
+                try:
+                    render_html(output, html)
+                except Exception as exc:  # the run's result stands; say the render failed
+                    entry["html_error"] = f"{type(exc).__name__}: {exc}"
+            fingerprint = paths.data / "fingerprint.json"
+            if fingerprint.exists():
+                manifest["dataset_fingerprint"] = read_json(fingerprint)
+            manifest["status"] = "failed" if failure else ("running" if i + 1 < total else "ok")
+            write_json_atomic(paths.manifest, manifest)
+            write_index(paths, manifest)
+            print(f"      {entry['status']} in {dur:.1f} s  (elapsed {_fmt_elapsed(time.monotonic() - t_run)})",
+                  file=out, flush=True)
+            if failure:
+                raise PipelineError(f"{failure}\nContinue after fixing it with:\n"
+                                    f"  python -m support.pipeline --resume {paths.root}")
+    print(f"Done: {paths.index}", file=out)
+    return paths.root
+
+
+def list_notebooks(notebooks_dir: Path, params_dir: Path, profile_name: str, out=None) -> None:
+    out = out or sys.stdout
+    notebooks = discover(notebooks_dir)
+    profile = {"notebooks": {}}
+    path = Path(params_dir) / f"{profile_name}.yaml"
+    if path.exists():
+        _, profile = load_profile(params_dir, profile_name)
+    print(f"{len(notebooks)} notebooks in {notebooks_dir}  (values: profile '{profile_name}')", file=out)
+    for nb in notebooks:
+        print(f"\n{nb.name}", file=out)
+        set_here = profile["notebooks"].get(nb.name, {})
+        for name, info in nb.declared.items():
+            value = f"  <- {set_here[name]!r}" if name in set_here else ""
+            note = f"  # {info['help']}" if info.get("help") else ""
+            print(f"  {name:<28} {info.get('inferred_type_name', ''):<10} = {info.get('default')}{value}{note}",
+                  file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m support.pipeline", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="quick", help="test, quick or full (default: quick)")
+    ap.add_argument("--only", help="comma-separated notebook numbers or names, e.g. 00,02")
+    ap.add_argument("--from", dest="start", help="first notebook to run, e.g. 04")
+    ap.add_argument("--run-id", help="name of the run directory (default: date-time-profile)")
+    ap.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its first unfinished notebook")
+    ap.add_argument("--list", action="store_true", help="list the notebooks and their parameters, then exit")
+    ap.add_argument("--set", dest="overrides", action="append", metavar="NB.PARAM=VALUE",
+                    help="override one parameter of the profile (repeatable)")
+    ap.add_argument("--notebooks-dir", type=Path, default=REPO_ROOT / "notebooks")
+    ap.add_argument("--params-dir", type=Path, default=None, help="default: <notebooks-dir>/params")
+    ap.add_argument("--runs-root", type=Path, default=DEFAULT_RUNS_ROOT)
+    args = ap.parse_args(argv)
+    params_dir = args.params_dir or args.notebooks_dir / "params"
+    try:
+        if args.list:
+            list_notebooks(args.notebooks_dir, params_dir, args.profile)
+            return 0
+        run(args.profile, args.notebooks_dir, params_dir, args.runs_root, run_id=args.run_id,
+            only=args.only, start=args.start, resume=args.resume, overrides=args.overrides)
+    except (PipelineError, FileExistsError) as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The run directory: one folder per pipeline run, laid out the same way by every notebook."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RUNS_ROOT = REPO_ROOT / "outputs" / "runs"
+SUBDIRS = ("data", "models", "samples", "figures", "metrics", "notebooks", "html")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    """Where each kind of output of a run lives."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path: return self.root / "data"
+    @property
+    def models(self) -> Path: return self.root / "models"
+    @property
+    def samples(self) -> Path: return self.root / "samples"
+    @property
+    def figures(self) -> Path: return self.root / "figures"
+    @property
+    def metrics(self) -> Path: return self.root / "metrics"
+    @property
+    def notebooks(self) -> Path: return self.root / "notebooks"
+    @property
+    def html(self) -> Path: return self.root / "html"
+    @property
+    def manifest(self) -> Path: return self.root / "manifest.json"
+    @property
+    def index(self) -> Path: return self.root / "index.html"
+
+    def ensure(self) -> "RunPaths":
+        for name in SUBDIRS:
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def run_paths(run_dir: str | os.PathLike) -> RunPaths:
+    """The paths of an existing or new run directory, created if missing (what notebooks call)."""
+    return RunPaths(Path(run_dir).expanduser().resolve()).ensure()
+
+
+def new_run_id(profile: str, now: _dt.datetime | None = None) -> str:
+    now = now or _dt.datetime.now()
+    return f"{now:%Y%m%d-%H%M%S}-{profile}"
+
+
+def create_run_dir(runs_root: str | os.PathLike, run_id: str) -> RunPaths:
+    """Create ``runs_root/run_id``; an existing run is never reused or overwritten."""
+    root = Path(runs_root).expanduser().resolve() / run_id
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir()
+    except FileExistsError:
+        raise FileExistsError(f"{root}: run directory already exists; choose another --run-id "
+                              f"or continue it with --resume {root}") from None
+    return RunPaths(root).ensure()

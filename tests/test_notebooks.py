@@ -1,0 +1,50 @@
+"""The notebooks in notebooks/: stored clean, one parameters cell, profiles that match them, and
+the whole pipeline under the test profile."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from support import pipeline
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+PATHS = sorted(p for p in NOTEBOOKS.glob("*.ipynb") if pipeline.NOTEBOOK_RE.match(p.name))
+
+
+def test_there_are_notebooks():
+    assert PATHS, "notebooks/ holds no NN_name.ipynb"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_notebook_is_stored_clean_with_one_parameters_cell(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cells = nb["cells"]
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: expected exactly one cell tagged 'parameters'"
+    for c in cells:
+        if c["cell_type"] == "code":
+            assert not c.get("outputs") and not c.get("execution_count"), f"{path.name}: stored with outputs"
+    assert cells[0]["cell_type"] == "markdown" and cells[0]["source"], f"{path.name}: no title cell"
+    declared = pipeline.discover(NOTEBOOKS)
+    names = {nb.name: nb for nb in declared}[path.stem].declared
+    assert "run_dir" in names and "seed" in names
+
+
+@pytest.mark.parametrize("profile", pipeline.PROFILES)
+def test_profile_names_only_declared_parameters(profile):
+    notebooks = pipeline.discover(NOTEBOOKS)
+    path, prof = pipeline.load_profile(NOTEBOOKS / "params", profile)
+    pipeline.validate(path, prof, notebooks, notebooks)  # raises on any unknown name
+
+
+@pytest.mark.notebooks
+def test_whole_pipeline_runs_under_test_profile(tmp_path):
+    root = pipeline.run("test", NOTEBOOKS, NOTEBOOKS / "params", tmp_path / "runs", run_id="t")
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["status"] == "ok"
+    assert [e["name"] for e in manifest["notebooks"]] == [p.stem for p in PATHS]
+    index = (root / "index.html").read_text()
+    for p in PATHS:
+        assert (root / "html" / f"{p.stem}.html").exists() and f"html/{p.stem}.html" in index

@@ -1,0 +1,126 @@
+"""The notebook runner: parameter injection, refusal of unknown parameters, failure report,
+no overwrite, resume, selection and the run directory it leaves."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from support import pipeline
+from support.pipeline import PipelineError
+
+
+def run(nbdir: Path, runs: Path, **kw) -> Path:
+    return pipeline.run("test", nbdir, nbdir / "params", runs, **kw)
+
+
+def test_injects_profile_parameters_and_writes_run_directory(fixture_notebooks, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    root = run(fixture_notebooks, runs, run_id="r1")
+    assert root == (runs / "r1").resolve()
+
+    seen = json.loads((root / "metrics" / "first.json").read_text())
+    assert seen["greeting"] == "from-profile" and seen["n_items"] == 5 and seen["seed"] == 7
+    assert seen["HF_HUB_OFFLINE"] == "1" and seen["TRANSFORMERS_OFFLINE"] == "1"
+    assert Path(seen["cwd"]) == fixture_notebooks  # same working directory as in JupyterLab
+    assert json.loads((root / "metrics" / "second.json").read_text()) == {"product": 15.0}
+
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["profile"] == "test" and manifest["status"] == "ok"
+    assert manifest["seeds"]["profile"] == 7
+    assert manifest["parameters"]["00_first"]["run_dir"] == str(root)
+    assert manifest["packages"]["torch"] and manifest["platform"]["python"]
+    assert set(manifest["git"]) == {"commit", "dirty"}
+    for entry in manifest["notebooks"]:
+        assert entry["status"] == "ok" and entry["duration_s"] > 0 and entry["start"] and entry["end"]
+        assert (root / entry["output"]).exists() and (root / entry["html"]).exists()
+
+    index = (root / "index.html").read_text()
+    for name in ("00_first", "01_second"):
+        assert f'href="html/{name}.html"' in index and f'href="notebooks/{name}.ipynb"' in index
+    assert "from-profile" in index and "product" in index  # headline metrics shown
+    out = capsys.readouterr().out
+    assert "[1/2] 00_first" in out and "[2/2] 01_second" in out and "elapsed" in out
+
+
+def test_unknown_parameter_is_refused_before_anything_runs(fixture_notebooks, tmp_path):
+    prof = fixture_notebooks / "params" / "test.yaml"
+    data = yaml.safe_load(prof.read_text())
+    data["notebooks"]["01_second"]["learning_rate"] = 0.1
+    prof.write_text(yaml.safe_dump(data))
+    with pytest.raises(PipelineError) as err:
+        run(fixture_notebooks, tmp_path / "runs", run_id="r")
+    msg = str(err.value)
+    assert str(prof) in msg and "01_second" in msg and "learning_rate" in msg
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+def test_profile_naming_missing_notebook_or_injected_parameter_is_refused(fixture_notebooks, tmp_path):
+    prof = fixture_notebooks / "params" / "test.yaml"
+    prof.write_text(yaml.safe_dump({"notebooks": {"07_nothing": {"a": 1}}}))
+    with pytest.raises(PipelineError, match="07_nothing"):
+        run(fixture_notebooks, tmp_path / "runs")
+    prof.write_text(yaml.safe_dump({"notebooks": {"00_first": {"run_dir": "/elsewhere"}}}))
+    with pytest.raises(PipelineError, match="run_dir"):
+        run(fixture_notebooks, tmp_path / "runs")
+
+
+def test_failure_stops_reports_cell_and_resume_continues(fixture_notebooks, tmp_path, capsys):
+    flag = tmp_path / "please-fail"
+    flag.write_text("x")
+    runs = tmp_path / "runs"
+    code = pipeline.main(["--profile", "test", "--notebooks-dir", str(fixture_notebooks),
+                          "--runs-root", str(runs), "--run-id", "bad",
+                          "--set", f"01_second.fail_if_exists={flag}"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "FAILED: notebook 01_second" in err
+    assert "if fail_if_exists and Path(fail_if_exists).exists():" in err  # the failing cell's lines
+    assert "ValueError: boom: failure requested by the test" in err
+    assert "--resume" in err
+    root = runs / "bad"
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert [e["status"] for e in manifest["notebooks"]] == ["ok", "failed"]
+    assert manifest["status"] == "failed"
+    assert (root / "html" / "01_second.html").exists()  # the failed notebook is rendered too
+
+    flag.unlink()
+    assert pipeline.main(["--resume", str(root), "--notebooks-dir", str(fixture_notebooks)]) == 0
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert [e["status"] for e in manifest["notebooks"]] == ["ok", "ok"] and manifest["status"] == "ok"
+    assert (root / "count_00.txt").read_text().count("ran") == 1  # 00 was not run again
+    assert json.loads((root / "metrics" / "second.json").read_text()) == {"product": 15.0}
+
+
+def test_existing_run_directory_is_never_overwritten(fixture_notebooks, tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "taken").mkdir(parents=True)
+    (runs / "taken" / "precious.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="already exists"):
+        run(fixture_notebooks, runs, run_id="taken")
+    assert sorted(p.name for p in (runs / "taken").iterdir()) == ["precious.txt"]
+
+
+def test_selection_only_and_from(fixture_notebooks):
+    nbs = pipeline.discover(fixture_notebooks)
+    assert [nb.name for nb in pipeline.select(nbs, only="01")] == ["01_second"]
+    assert [nb.name for nb in pipeline.select(nbs, only="00,01_second")] == ["00_first", "01_second"]
+    assert [nb.name for nb in pipeline.select(nbs, start="01")] == ["01_second"]
+    with pytest.raises(PipelineError, match="--only 05"):
+        pipeline.select(nbs, only="05")
+
+
+def test_list_shows_parameters_and_profile_values(fixture_notebooks, capsys):
+    pipeline.list_notebooks(fixture_notebooks, fixture_notebooks / "params", "test")
+    out = capsys.readouterr().out
+    assert "00_first" in out and "greeting" in out and "'from-profile'" in out and "fail_if_exists" in out
+
+
+def test_notebook_without_parameters_cell_is_refused(fixture_notebooks):
+    nb = json.loads((fixture_notebooks / "00_first.ipynb").read_text())
+    for cell in nb["cells"]:
+        cell["metadata"].pop("tags", None)
+    (fixture_notebooks / "00_first.ipynb").write_text(json.dumps(nb))
+    with pytest.raises(PipelineError, match="parameters"):
+        pipeline.discover(fixture_notebooks)
