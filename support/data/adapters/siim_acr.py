@@ -1,0 +1,90 @@
+"""SIIM-ACR Pneumothorax Segmentation: ``train-rle.csv`` + DICOMs in nested folders.
+
+``train-rle.csv`` (header ``ImageId, EncodedPixels`` with a leading space in the original) or the
+stage-2 ``stage_2_train.csv``: one row per pneumothorax component, ``-1`` for none, SIIM relative
+column-major RLE (:mod:`support.data.rle`). DICOMs sit anywhere below the root as
+``.../<StudyUID>/<SeriesUID>/<ImageId>.dcm``. ``ImageId`` is an anonymised UID and is the
+subject id, so the split by hash never puts two rows of one image on both sides (the original
+row-wise split can).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from support.data.dicom import DicomError, read_dicom_header
+from support.data.records import (
+    DatasetSummary, UnsafePathError, empty_record, find_file, finish, patient_split, read_table,
+    require_root, safe_id,
+)
+from support.data.rle import rle_decode
+from support.data.schema import KNOWN_VIEWS
+
+KIND = "siim-acr"
+
+
+def _index_dicoms(root: Path) -> dict[str, Path]:
+    index: dict[str, Path] = {}
+    for dirpath, dirnames, files in os.walk(root):
+        dirnames.sort()
+        for f in sorted(files):
+            if f.lower().endswith(".dcm"):
+                index.setdefault(f[:-4], Path(dirpath) / f)
+    return index
+
+
+def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool = False,
+         fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), max_examples: int = 5):
+    """Read SIIM-ACR -> (record table, summary); each component is one mask entry."""
+    from tqdm.auto import tqdm
+
+    root = require_root(root, KIND)
+    summary = DatasetSummary(KIND, str(root), strict=strict, max_examples=max_examples)
+    label_path = find_file(root, ("train-rle.csv", "stage_2_train.csv"), KIND, "RLE table")
+    table = read_table(label_path, ("ImageId", "EncodedPixels"), KIND)
+    dicoms = _index_dicoms(root)
+
+    rles: dict[str, list[str]] = {}
+    for i, r in enumerate(table.to_dict("records")):
+        try:
+            image_id = safe_id(r["ImageId"], "ImageId")
+        except UnsafePathError as exc:
+            summary.skip("unsafe path", f"{label_path.name} row {i + 2}", str(exc))
+            continue
+        rles.setdefault(image_id, []).append(r["EncodedPixels"].strip())
+
+    records = []
+    for image_id, runs in tqdm(rles.items(), desc="reading SIIM headers", unit="file",
+                               disable=len(rles) < 2000, leave=False):
+        path = dicoms.get(image_id)
+        if path is None:
+            summary.skip("missing file", label_path.name, f"no DICOM named {image_id}.dcm below {root}")
+            continue
+        try:
+            header = read_dicom_header(path)
+        except DicomError as exc:
+            summary.skip("corrupt image", path, str(exc).split(": ", 1)[-1])
+            continue
+        if header.view not in KNOWN_VIEWS:
+            summary.skip("unknown view", path, f"ViewPosition {header.view!r}")
+            continue
+        positive = [r for r in runs if r not in ("-1", "")]
+        if positive and len(positive) != len(runs):
+            summary.skip("bad mask", path, f"{image_id} has both -1 and mask rows")
+            continue
+        try:
+            for run in positive:  # refuse a malformed run list now, not in the middle of training
+                rle_decode(run, header.columns, header.rows)
+        except ValueError as exc:
+            summary.skip("bad mask", path, f"{image_id}: {exc}")
+            continue
+        rec = empty_record(KIND)
+        rec.update(subject_id=image_id, study_id=image_id, image_id=image_id, view=header.view,
+                   path=str(path), split=patient_split(image_id, fractions), sex=header.sex,
+                   age=header.age, Pneumothorax=1.0 if positive else 0.0,
+                   source_labels=["Pneumothorax"] if positive else ["No Pneumothorax"],
+                   masks=[{"label": "Pneumothorax", "rle": run, "width": header.columns,
+                           "height": header.rows} for run in (positive or ["-1"])])
+        records.append(rec)
+    return finish(records, summary, verify_images)
