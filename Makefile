@@ -4,7 +4,7 @@ SHELL := bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-REQS := environments/requirements-cpu.txt environments/requirements-dev.txt pyproject.toml
+REQS := environments/requirements-cpu.txt environments/requirements-nodeps.txt environments/requirements-dev.txt pyproject.toml
 PROFILE ?= quick
 PYTEST_ARGS ?=
 
@@ -17,6 +17,7 @@ venv:
 	echo "[venv] creating $(VENV) from the pinned requirements ($$want)"; start=$$(date +%s); \
 	rm -rf $(VENV); $(PY) -m venv $(VENV); \
 	$(BIN)/pip install -q --disable-pip-version-check -r environments/requirements-dev.txt 2>&1 | { grep -v 'is ignored: it is neither' || true; }; \
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r environments/requirements-nodeps.txt 2>&1 | { grep -v 'is ignored: it is neither' || true; }; \
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | { grep -v 'is ignored: it is neither' || true; }; \
 	$(BIN)/python -c "import support, torch, diffusers, papermill" ; \
 	echo "$$want" > $(VENV)/.requirements-hash; \
