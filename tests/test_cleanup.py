@@ -1,0 +1,247 @@
+"""Text and marker removal: detection, masks, Telea cleanup, scores, and whole-dataset cleaning."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from support.cleanup import (
+    Cleaner, CleanupConfig, DetectConfig, InpaintConfig, MaskConfig, TextBox, clean_dataset, cleanup_config,
+    evaluate_cleanup, load_text_truth, masked_psnr, masked_ssim, match_items, read_cleanup_records,
+)
+from support.cleanup.detect import DBNetDetector, MarkerDetector
+from support.cleanup.masks import dilate, polygon_mask
+from support.cleanup.pixels import read_pixels
+from support.cleanup.synthetic import burn_text, radiograph_background, synthetic_text_images, write_text_dataset
+from support.data.adapters import load_dataset
+from support.data.records import RecordError
+from support.params import ParameterError
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def cleaner():
+    return Cleaner(CleanupConfig())
+
+
+@pytest.fixture(scope="module")
+def text_set():
+    return synthetic_text_images(12, 256, seed=3, p_no_text=0.0)
+
+
+def _background(seed=0, size=256):
+    rng = np.random.default_rng(seed)
+    return np.clip(np.rint(radiograph_background(rng, size) * 255), 0, 255).astype(np.uint8)
+
+
+def test_burned_text_leaves_other_pixels_and_knows_its_boxes():
+    clean = _background(1)
+    item = burn_text(clean, [("L", 24, True), ("03/14/2021 10:22", 10, True)], np.random.default_rng(0))
+    assert len(item.items) == 2
+    assert np.array_equal(item.image[~item.text_mask], clean[~item.text_mask])
+    assert (item.image[item.text_mask] != clean[item.text_mask]).mean() > 0.5
+    for it in item.items:   # every text pixel lies inside some item box
+        item.text_mask[it["y0"]:it["y1"], it["x0"]:it["x1"]] = False
+    assert not item.text_mask.any()
+
+
+def test_marker_detector_finds_a_lone_laterality_letter_but_not_anatomy():
+    clean = _background(2)
+    item = burn_text(clean, [("R", 26, False)], np.random.default_rng(1))
+    found = MarkerDetector(DetectConfig()).detect(item.image)
+    hits, correct = match_items(item.items, found)
+    assert hits == [True]
+    assert all(correct), f"marker false positives: {[b for b, c in zip(found, correct) if not c]}"
+    assert MarkerDetector(DetectConfig()).detect(clean) == []
+
+
+def test_dbnet_finds_a_date_and_drops_boxes_larger_than_text_lines():
+    item = burn_text(_background(3), [("03/14/2021 10:22", 11, True)], np.random.default_rng(2))
+    boxes = DBNetDetector(DetectConfig()).detect_batch([item.image])[0]
+    assert match_items(item.items, boxes)[0] == [True]
+    assert all(b.source == "dbnet" and b.polygon.shape[1] == 2 for b in boxes)
+    # a size limit below the text height removes them all
+    assert DBNetDetector(DetectConfig(dbnet_max_box=0.02)).detect_batch([item.image])[0] == []
+
+
+def test_polygons_are_grown_and_dilated_by_the_configured_amounts():
+    box = TextBox(100, 100, 101, 101, 1.0, "marker", np.array([[100, 100], [100, 100], [100, 100], [100, 100]], np.float32))
+    grown = polygon_mask([box], (200, 200), grow_px=4)
+    ys, xs = np.nonzero(grown)
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (96, 104, 96, 104)
+    point = np.zeros((50, 50), bool)
+    point[25, 25] = True
+    d = dilate(point, 5, 2)   # a 5x5 square twice: 9x9
+    assert d.sum() == 81 and d[21:30, 21:30].all()
+    assert np.array_equal(dilate(point, 5, 0), point)
+
+
+def test_default_cleanup_removes_text_and_touches_nothing_else(cleaner, text_set):
+    results = cleaner.clean_all([t.image for t in text_set], progress=False)
+    covered = sum(int((r.mask & t.text_mask).sum()) for r, t in zip(results, text_set))
+    assert covered / sum(int(t.text_mask.sum()) for t in text_set) >= 0.9
+    before = masked_psnr(np.concatenate([t.image.ravel() for t in text_set]),
+                         np.concatenate([t.clean.ravel() for t in text_set]),
+                         np.concatenate([t.text_mask.ravel() for t in text_set]), 255)
+    after = masked_psnr(np.concatenate([r.image.ravel() for r in results]),
+                        np.concatenate([t.clean.ravel() for t in text_set]),
+                        np.concatenate([t.text_mask.ravel() for t in text_set]), 255)
+    assert after - before >= 6.0
+    for r, t in zip(results, text_set):
+        assert r.image.dtype == np.uint8 and r.image.shape == t.image.shape
+        assert np.array_equal(r.image[~r.mask], t.image[~r.mask])
+        assert r.backend == "telea" and r.changed
+        rec = r.record()
+        assert rec["status"] == "cleaned" and rec["mask_pixels"] == int(r.mask.sum())
+        assert json.dumps(rec)   # JSON-ready
+
+
+def test_an_image_without_text_comes_back_unchanged_and_recorded(cleaner):
+    clean = _background(4)
+    result = cleaner.clean(clean)
+    assert np.array_equal(result.image, clean) and not result.changed
+    assert result.backend == "none" and result.record()["status"] == "no text found"
+    assert result.boxes == [] and not result.mask.any()
+
+
+@pytest.mark.parametrize("kind", ["uint16", "rgb"])
+def test_sixteen_bit_and_rgb_inputs_keep_their_format(cleaner, kind):
+    item = synthetic_text_images(1, 256, seed=9, p_no_text=0.0)[0]
+    if kind == "uint16":
+        image, clean, peak = item.image.astype(np.uint16) * 257, item.clean.astype(np.uint16) * 257, 65535
+    else:
+        tint = np.array([1.0, 0.97, 0.94])
+        image = np.rint(item.image[..., None] * tint).astype(np.uint8)
+        clean, peak = np.rint(item.clean[..., None] * tint).astype(np.uint8), 255
+    result = cleaner.clean(image)
+    assert result.image.dtype == image.dtype and result.image.shape == image.shape
+    assert np.array_equal(result.image[~result.mask], image[~result.mask])
+    mask = item.text_mask if kind == "uint16" else np.repeat(item.text_mask[..., None], 3, axis=2)
+    assert masked_psnr(result.image, clean, mask, peak) > masked_psnr(image, clean, mask, peak) + 6
+
+
+def test_bad_arrays_are_refused_with_a_clear_error(cleaner):
+    with pytest.raises(ValueError, match="dtype float32"):
+        cleaner.clean(np.zeros((64, 64), np.float32))
+    with pytest.raises(ValueError, match=r"shape \(64, 64, 4\)"):
+        cleaner.clean(np.zeros((64, 64, 4), np.uint8))
+
+
+def test_match_items_uses_iou_or_coverage():
+    items = [{"x0": 10, "y0": 10, "x1": 20, "y1": 20}, {"x0": 30, "y0": 10, "x1": 40, "y1": 20}]
+    line = [5, 8, 45, 22]          # one box over both words: covers both
+    far = [100, 100, 110, 110]
+    found, correct = match_items(items, [line, far])
+    assert found == [True, True] and correct == [True, False]
+    found, _ = match_items(items, [[10, 10, 14, 20]])   # covers 40%, IoU 0.4: not found at 0.5
+    assert found == [False, False]
+    assert match_items(items, [[10, 10, 14, 20]], threshold=0.4)[0] == [True, False]
+
+
+def test_masked_psnr_and_ssim_are_measured_inside_the_mask_only():
+    a = np.full((32, 32), 100, np.uint8)
+    b = a.copy()
+    b[:, :16] = 110                 # differs only on the left
+    left = np.zeros((32, 32), bool)
+    left[:, :16] = True
+    assert masked_psnr(b, a, ~left, 255) == math.inf
+    assert masked_psnr(b, a, left, 255) == pytest.approx(10 * math.log10(255 ** 2 / 100))
+    assert math.isnan(masked_psnr(b, a, np.zeros_like(left), 255))
+    rng = np.random.default_rng(0)
+    noisy = np.clip(a + rng.normal(0, 20, a.shape), 0, 255).astype(np.uint8)
+    assert masked_ssim(a, a, left, 255) == pytest.approx(1.0)
+    assert masked_ssim(noisy, a, left, 255) < 0.5
+
+
+def test_evaluate_cleanup_compares_configurations(text_set, cleaner):
+    images = [t.image for t in text_set[:6]]
+    table, per_image = evaluate_cleanup(
+        images, [t.text_mask for t in text_set[:6]], [t.clean for t in text_set[:6]], [t.items for t in text_set[:6]],
+        {"telea": cleaner, "markers only": CleanupConfig(detect=DetectConfig(dbnet=False))},
+        return_per_image=True, progress=False)
+    assert list(table["config"]) == ["telea", "markers only"]
+    for col in ("det_recall", "det_precision", "recall_dbnet", "recall_marker", "pixel_recall", "mask_iou",
+                "psnr_before", "psnr_after", "psnr_gain", "ssim_gain", "images_per_s", "s_inpaint"):
+        assert col in table.columns
+    assert (table["outside_changed_pixels"] == 0).all()
+    assert table.loc[1, "recall_dbnet"] == 0 and table.loc[1, "detections"] > 0
+    assert table.loc[0, "psnr_gain"] > 6 and table.loc[0, "det_recall"] >= table.loc[1, "det_recall"]
+    assert len(per_image) == 12 and set(per_image["config"]) == {"telea", "markers only"}
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ParameterError, match="sd_path"):
+        cleanup_config({"inpaint": {"backend": "sd"}})
+    with pytest.raises(ParameterError, match="ddpm_path"):
+        CleanupConfig(inpaint=InpaintConfig(backend="repaint")).validate()
+    with pytest.raises(ParameterError, match="unknown parameter"):
+        cleanup_config({"mask": {"dilate_kernal": 3}})
+    with pytest.raises(ParameterError, match="marker_grow_threshold"):
+        cleanup_config({"detect": {"marker_grow_threshold": 0.5}})
+    cfg = cleanup_config({"mask": {"dilate_iterations": 1}, "inpaint": {"sd_steps": 20}})
+    assert cfg.mask.dilate_iterations == 1 and cfg.mask.dilate_kernel == 5 and cfg.inpaint.sd_steps == 20
+
+
+@pytest.fixture(scope="module")
+def source_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cleanup") / "src"
+    images = synthetic_text_images(10, 128, seed=4, p_no_text=0.3)
+    ids = write_text_dataset(root, images)
+    return root, images, ids
+
+
+def test_text_truth_is_read_back_from_the_phantom_layout(source_root):
+    root, images, ids = source_root
+    truth = load_text_truth(root, ids)
+    assert truth.ids == ids and not truth.skipped
+    for i, src in enumerate(images):
+        assert np.abs(truth.images[i].astype(int) - src.image).mean() < 2   # JPEG, quality 95
+        assert np.array_equal(truth.text_masks[i], src.text_mask)
+        assert np.array_equal(truth.clean_images[i], src.clean if src.items else truth.images[i])
+        key = lambda it: (it["x0"], it["y0"])
+        assert sorted(truth.items[i], key=key) == sorted(
+            [{**it, **{k: float(it[k]) for k in ("x0", "y0", "x1", "y1")}} for it in src.items], key=key)
+
+
+def test_clean_dataset_writes_the_layout_skips_corrupt_files_and_resumes(source_root, tmp_path, cleaner):
+    root = source_root[0]
+    src = tmp_path / "src"
+    import shutil
+    shutil.copytree(root, src)
+    records, _ = load_dataset("mimic-cxr-jpg", src)
+    broken = records.iloc[2]
+    with open(broken["path"], "r+b") as fh:     # a truncated JPEG
+        fh.truncate(200)
+    out = tmp_path / "out"
+    summary = clean_dataset(src, out, cleaner=cleaner, progress=False)
+    assert summary["skipped"] == 1 and broken["image_id"] in summary["skipped_files"][0]
+    assert summary["cleaned"] + summary["unchanged"] == len(records) - 1 and summary["cleaned"] > 0
+    assert summary["images_per_s"] > 0 and "dbnet" in summary["seconds_per_image"]
+
+    cleaned, s2 = load_dataset("mimic-cxr-jpg", out)
+    assert len(cleaned) == len(records) - 1 and s2.n_skipped == 0
+    assert set(cleaned["findings"]) == {"The lungs are clear. The cardiomediastinal silhouette is normal."}
+    assert (cleaned["No Finding"] == 1.0).all() and cleaned["sex"].isin(["F", "M"]).all()
+    table = read_cleanup_records(out)
+    by_id = table.set_index("dicom_id")
+    src_paths = dict(zip(records["image_id"], records["path"]))
+    for _, rec in cleaned.iterrows():
+        row = by_id.loc[rec["image_id"]]
+        if row["status"] == "unchanged":   # nothing found: the original bytes, not a re-encoding
+            assert open(rec["path"], "rb").read() == open(src_paths[rec["image_id"]], "rb").read()
+            assert row["mask_path"] == "" and row["boxes"] == []
+        else:
+            mask = read_pixels(out / row["mask_path"]) > 0
+            assert mask.sum() == row["mask_pixels"] > 0 and len(row["boxes"]) == row["n_boxes"] > 0
+            assert rec["provenance"]["cleanup_backend"] == "telea"
+    assert json.loads((out / "cleanup" / "summary.json").read_text())["skipped"] == 1
+
+    again = clean_dataset(src, out, cleaner=cleaner, progress=False)
+    assert again["already_done"] == len(records) - 1 and again["cleaned"] == again["unchanged"] == 0
+    with pytest.raises(ValueError, match="another configuration"):
+        clean_dataset(src, out, CleanupConfig(mask=MaskConfig(grow_px=2)), progress=False)
+    with pytest.raises(RecordError, match="unreadable image"):
+        clean_dataset(src, tmp_path / "strict", cleaner=cleaner, strict=True, progress=False)
