@@ -78,7 +78,11 @@ def plot_utility_curves(table, findings: Sequence[str] | None = None, ncols: int
     import seaborn as sns
 
     _require(table, ["regime", "fraction", "finding", "auroc", "ci_low", "ci_high"], "plot_utility_curves")
-    findings = list(findings or dict.fromkeys(table["finding"]))
+    table = table[np.isfinite(table["auroc"].to_numpy(dtype=float))]  # findings absent from the test split
+    if table.empty:
+        raise ValueError("plot_utility_curves: no finite AUROC to plot (no finding has both classes in the test split)")
+    findings = [f for f in (findings or dict.fromkeys(table["finding"])) if f in set(table["finding"])]
+    x_all = table["fraction"].to_numpy(dtype=float) * 100
     regimes = list(dict.fromkeys(table["regime"]))
     colours = dict(zip(regimes, sns.color_palette(n_colors=len(regimes))))
     ncols = min(ncols, len(findings))
@@ -93,6 +97,7 @@ def plot_utility_curves(table, findings: Sequence[str] | None = None, ncols: int
             ax.plot(x, sub["auroc"], "o-", color=colours[regime], label=regime)
             ax.fill_between(x, sub["ci_low"], sub["ci_high"], color=colours[regime], alpha=0.15, lw=0)
         ax.set_xscale("log")
+        ax.set_xlim(x_all.min() / 1.5, x_all.max() * 1.5)  # panels share one axis even when a line is missing
         ax.set_title(finding, fontsize=9)
         ax.set_xlabel("% of real labels")
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")

@@ -1,0 +1,90 @@
+"""Measured, not assumed: sample quality against held-out real images, per sampler and step count."""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from support.diffusion.sampling import make_sampler, pixel_frechet, sample_images
+
+
+def real_images(records: pd.DataFrame, size: int, n: int | None = None, split: str = "test",
+                views: Sequence[str] = ("PA", "AP"), seed: int = 0) -> torch.Tensor:
+    """Up to ``n`` held-out real images of ``split`` as float (N, 1, size, size) in [0, 1]."""
+    from support.data.datasets import ImageDataset
+
+    chosen = records[(records["split"] == split) & records["view"].isin(views)]
+    if len(chosen) < 2:
+        raise ValueError(f"only {len(chosen)} {split} images with views {list(views)}; need at least 2")
+    if n is not None and len(chosen) > n:
+        chosen = chosen.sample(n, random_state=seed)
+    data = ImageDataset(chosen, size=size, value_range=(0.0, 1.0))
+    return torch.stack([data[i]["image"] for i in range(len(data))])
+
+
+def generate(unet, training_scheduler_config, sampler: str, steps: int, seeds: Sequence[int],
+             batch_size: int) -> tuple[torch.Tensor, float]:
+    """Images for ``seeds`` in batches, and the seconds it took."""
+    scheduler = make_sampler(sampler, training_scheduler_config)
+    out, t0 = [], time.perf_counter()
+    for i in range(0, len(seeds), batch_size):
+        out.append(sample_images(unet, scheduler, list(seeds[i:i + batch_size]), steps))
+    return torch.cat(out), time.perf_counter() - t0
+
+
+def compare_samplers(unet, training_scheduler_config, settings: Sequence[tuple[str, int]], real: torch.Tensor,
+                     n: int, batch_size: int, seed: int = 0, fd_size: int = 16) -> tuple[pd.DataFrame, dict]:
+    """For each (sampler, steps): ``n`` samples with seeds seed..seed+n-1, their pixel Fréchet
+    distance to ``real`` on ``fd_size``-pixel thumbnails, seconds and images/s.
+
+    Returns the table and the images per setting (for grids).
+    """
+    from tqdm.auto import tqdm
+
+    rows, images = [], {}
+    seeds = list(range(seed, seed + n))
+    for sampler, steps in tqdm(list(settings), desc="samplers", unit="setting"):
+        x, seconds = generate(unet, training_scheduler_config, sampler, steps, seeds, batch_size)
+        images[(sampler, steps)] = x
+        rows.append({"sampler": sampler, "steps": steps, "n": n, "seconds": round(seconds, 3),
+                     "images_per_s": round(n / seconds, 3), "pixel_fd": pixel_frechet(x, real, size=fd_size)})
+    return pd.DataFrame(rows), images
+
+
+def untrained_unet(unet, seed: int = 0):
+    """A network of the same configuration with fresh random weights: the floor quality is judged against."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    fresh = UNet2DModel.from_config(unet.config)
+    return fresh.to(next(unet.parameters()).device).eval()
+
+
+def plot_quality_vs_steps(table: pd.DataFrame):
+    """Pixel Fréchet distance against denoising steps, one line per sampler (log-scaled steps)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(table, x="steps", y="pixel_fd", hue="sampler", marker="o", ax=ax)
+    ax.set_xscale("log")
+    ax.set_ylabel("Fréchet distance (16x16 pixels)")
+    ax.set_xlabel("denoising steps")
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images: torch.Tensor, ncol: int = 8) -> np.ndarray:
+    """(N, 1, H, W) in [0, 1] -> one uint8 mosaic, ``ncol`` images a row."""
+    n, _, h, w = images.shape
+    nrow = -(-n // ncol)
+    grid = np.zeros((nrow * h, ncol * w), dtype=np.uint8)
+    arr = (images[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = arr[i]
+    return grid

@@ -1,0 +1,238 @@
+"""DDPM building blocks: profiles, noise schedules, loss weights, UNet layout, checkpoints, metric."""
+
+import numpy as np
+import pytest
+import torch
+
+from support.diffusion.config import SamplingConfig, ddpm_config, sampling_config
+from support.diffusion.schedules import (
+    diffusion_loss,
+    loss_weights,
+    make_noise_scheduler,
+    sigmoid_betas,
+    snr,
+    training_target,
+)
+from support.params import ParameterError
+
+torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------------------------ config
+def test_full_profile_is_isynmed_configuration():
+    cfg = ddpm_config("full")
+    u, n, t = cfg.unet, cfg.noise, cfg.train
+    assert (u.sample_size, u.in_channels, u.base_channels, u.channel_mults) == (256, 1, 64, (1, 2, 4, 8))
+    assert u.attention_levels == (-1,)
+    assert (n.num_train_timesteps, n.prediction_type, n.beta_schedule) == (1000, "v_prediction", "sigmoid")
+    assert (t.learning_rate, t.adam_betas, t.batch_size, t.gradient_accumulation_steps) == (5e-5, (0.9, 0.99), 8, 2)
+    assert (t.ema_decay, t.ema_update_every, t.max_grad_norm, t.max_steps) == (0.995, 10, 1.0, 300_000)
+    assert t.mixed_precision == "auto" and t.loss_weighting == "snr"
+
+
+def test_full_unet_has_full_attention_at_the_innermost_level_only():
+    from diffusers.models.attention_processor import Attention
+
+    from support.diffusion.model import block_types, build_unet
+
+    cfg = ddpm_config("full").unet
+    assert block_types(cfg) == (("DownBlock2D",) * 3 + ("AttnDownBlock2D",),
+                                ("AttnUpBlock2D",) + ("UpBlock2D",) * 3)
+    unet = build_unet(cfg)
+    assert unet.config.block_out_channels == (64, 128, 256, 512)
+    assert unet.config.sample_size == 256 and unet.config.in_channels == unet.config.out_channels == 1
+    attention = [name for name, m in unet.named_modules() if isinstance(m, Attention)]
+    # innermost down level (2 layers), mid block (1), innermost up level (3 layers)
+    assert len(attention) == 6
+    assert all(n.startswith(("down_blocks.3.", "mid_block.", "up_blocks.0.")) for n in attention)
+
+
+def test_overrides_are_typed_and_unknown_names_fail():
+    cfg = ddpm_config("quick", {"train": {"max_steps": 7}, "noise": {"beta_schedule": "cosine"}})
+    assert cfg.train.max_steps == 7 and cfg.noise.beta_schedule == "cosine"
+    assert cfg.unet.sample_size == 64
+    with pytest.raises(ParameterError, match="max_stepz"):
+        ddpm_config("quick", {"train": {"max_stepz": 7}})
+    with pytest.raises(ParameterError, match="beta_schedule"):
+        ddpm_config("quick", {"noise": {"beta_schedule": "quadratic"}})
+    with pytest.raises(ParameterError, match="unet.sample_size"):
+        ddpm_config("quick", {"unet": {"sample_size": 60}})  # not divisible by 2**3
+    with pytest.raises(ParameterError, match="attention_head_dim"):
+        ddpm_config("full", {"unet": {"attention_head_dim": 48}})
+    with pytest.raises(ParameterError, match="profile 'huge'"):
+        ddpm_config("huge")
+
+
+def test_sampling_config_bounds_seeds():
+    assert sampling_config("full").steps == 1000
+    with pytest.raises(ParameterError, match="seeds"):
+        SamplingConfig(base_seed=10**7 - 2, num_samples=5).validate()
+
+
+# ------------------------------------------------------------------------------------ schedules
+def test_sigmoid_schedule_is_monotone_and_inside_unit_interval():
+    betas = sigmoid_betas(1000)
+    assert betas.shape == (1000,) and betas.dtype == np.float64
+    assert (betas > 0).all() and (betas < 1).all()
+    assert (np.diff(betas) >= 0).all()
+    alpha_bar = np.cumprod(1 - betas)
+    assert (np.diff(alpha_bar) < 0).all()
+    assert alpha_bar[0] > 0.999 and alpha_bar[-1] < 1e-5   # from almost clean to almost pure noise
+    # Jabri et al.'s alpha_bar(t) formula at an interior point, as published (start -3, end 3, tau 1).
+    s = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    t = 0.5  # alpha_bar after 500 of 1000 steps
+    assert alpha_bar[499] == pytest.approx((s(3) - s(6 * t - 3)) / (s(3) - s(-3)), rel=1e-9)
+
+
+def test_noise_schedulers_follow_config():
+    sig = make_noise_scheduler(ddpm_config("full").noise)
+    assert np.allclose(sig.betas.numpy(), sigmoid_betas(1000), atol=1e-7)
+    assert sig.config.prediction_type == "v_prediction"
+    cos = make_noise_scheduler(ddpm_config("full", {"noise": {"beta_schedule": "cosine"}}).noise)
+    assert cos.config.beta_schedule == "squaredcos_cap_v2"
+    lin = make_noise_scheduler(ddpm_config("full", {"noise": {"beta_schedule": "linear"}}).noise)
+    assert lin.betas[0].item() == pytest.approx(1e-4) and lin.betas[-1].item() == pytest.approx(0.02)
+    assert not np.allclose(sig.alphas_cumprod.numpy(), cos.alphas_cumprod.numpy(), atol=1e-3)
+
+
+def _consistent_predictions(scheduler, seed=0):
+    """An epsilon prediction with an error and the v prediction that implies the same x0."""
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(6, 1, 8, 8, generator=g) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.tensor([1, 10, 200, 500, 800, 999])
+    xt = scheduler.add_noise(x0, noise, t)
+    a = scheduler.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+    s = (1 - scheduler.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+    eps_hat = noise + 0.1 * torch.randn(x0.shape, generator=g)
+    x0_hat = (xt - s * eps_hat) / a
+    v_hat = a * eps_hat - s * x0_hat
+    return x0, noise, t, eps_hat, v_hat, x0_hat
+
+
+@pytest.mark.parametrize("weighting,gamma", [("min_snr", 5.0), ("snr", 5.0)])
+def test_loss_weights_agree_between_epsilon_and_v(weighting, gamma):
+    sched = make_noise_scheduler(ddpm_config("full").noise)
+    x0, noise, t, eps_hat, v_hat, x0_hat = _consistent_predictions(sched)
+    w_eps = loss_weights(sched, t, "epsilon", weighting, gamma)
+    w_v = loss_weights(sched, t, "v_prediction", weighting, gamma)
+    per_eps = (eps_hat - training_target(sched, x0, noise, t, "epsilon")).pow(2).flatten(1).mean(1) * w_eps
+    per_v = (v_hat - training_target(sched, x0, noise, t, "v_prediction")).pow(2).flatten(1).mean(1) * w_v
+    x0_mse = (x0_hat - x0).pow(2).flatten(1).mean(1)
+    ratio = snr(sched, t)
+    expected = x0_mse * (ratio.clamp(max=gamma) if weighting == "min_snr" else ratio)
+    torch.testing.assert_close(per_eps, expected, rtol=2e-3, atol=1e-6)
+    torch.testing.assert_close(per_v, expected, rtol=2e-3, atol=1e-6)
+    if weighting == "min_snr":  # clipped where the signal dominates
+        assert (w_eps[:2] < 1).all() and w_eps[-1] == pytest.approx(1.0)
+
+
+def test_plain_loss_and_bad_weighting():
+    sched = make_noise_scheduler(ddpm_config("test").noise)
+    t = torch.tensor([3, 900])
+    assert loss_weights(sched, t, "epsilon", "none") is None
+    pred, target = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
+    assert diffusion_loss(pred, target, None).item() == pytest.approx(1.0)
+    assert diffusion_loss(pred, target, torch.tensor([0.0, 2.0])).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="weighting"):
+        loss_weights(sched, t, "epsilon", "p2")
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def test_checkpoint_roundtrip_and_retention(tmp_path):
+    import random
+
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    from support.diffusion.checkpoints import (
+        latest_checkpoint,
+        list_checkpoints,
+        load_checkpoint,
+        prune_checkpoints,
+        rng_state,
+        save_checkpoint,
+    )
+
+    def parts(seed):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        sched = get_scheduler("cosine", opt, num_warmup_steps=2, num_training_steps=10)
+        return model, EMAModel(model.parameters(), decay=0.9), opt, sched
+
+    model, ema, opt, sched = parts(0)
+    for _ in range(3):
+        model(torch.randn(5, 3)).pow(2).sum().backward()
+        opt.step(), sched.step(), opt.zero_grad()
+        ema.step(model.parameters())
+    torch.manual_seed(99), np.random.seed(7), random.seed(5)
+    for step in (3, 6, 9):
+        save_checkpoint(tmp_path, step, model=model, ema=ema, optimizer=opt, lr_scheduler=sched,
+                        rng_states=[rng_state()], extra={"history": {"loss": [1.0]}})
+    expected_draws = (torch.rand(3), np.random.rand(2), random.random())
+    (tmp_path / ".tmp-checkpoint-00000012-1").mkdir()          # an interrupted save is ignored
+    (tmp_path / "checkpoint-00000015").mkdir()                  # so is a folder without state.json
+    assert [p.name for p in list_checkpoints(tmp_path)] == [f"checkpoint-0000000{s}" for s in (3, 6, 9)]
+    prune_checkpoints(tmp_path, 2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-00000006", "checkpoint-00000009"]
+
+    model2, ema2, opt2, sched2 = parts(1)
+    state = load_checkpoint(latest_checkpoint(tmp_path), model=model2, ema=ema2, optimizer=opt2,
+                            lr_scheduler=sched2, rank=0)
+    assert state["step"] == 9 and state["history"] == {"loss": [1.0]}
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(ema.shadow_params, ema2.shadow_params):
+        assert torch.equal(a, b)
+    assert ema2.optimization_step == ema.optimization_step == 3
+    assert sched2.get_last_lr() == sched.get_last_lr() and sched2.last_epoch == 3
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert all(torch.equal(s1[k]["exp_avg_sq"], s2[k]["exp_avg_sq"]) and torch.equal(s1[k]["step"], s2[k]["step"])
+               for k in s1)
+    draws = (torch.rand(3), np.random.rand(2), random.random())   # RNG streams continue where they were
+    assert torch.equal(draws[0], expected_draws[0]) and np.array_equal(draws[1], expected_draws[1])
+    assert draws[2] == expected_draws[2]
+
+    other = torch.nn.Sequential(torch.nn.Linear(3, 5))
+    with pytest.raises(ValueError, match="does not match the model"):
+        load_checkpoint(latest_checkpoint(tmp_path), model=other, ema=EMAModel(other.parameters()),
+                        optimizer=torch.optim.Adam(other.parameters()), lr_scheduler=sched2)
+
+
+# ------------------------------------------------------------------------------------ metric
+def test_pixel_frechet_separates_distributions():
+    from support.diffusion.data import SyntheticDiscs
+    from support.diffusion.sampling import pixel_frechet
+
+    a = SyntheticDiscs(300, 32, seed=0).images
+    b = SyntheticDiscs(300, 32, seed=1).images
+    same = pixel_frechet(a, b)
+    inverted = pixel_frechet(a, -b)
+    noise = pixel_frechet(a, torch.rand_like(b) * 2 - 1)
+    assert same < 0.1 * inverted and same < 0.1 * noise
+    assert pixel_frechet(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert pixel_frechet(a, -b) == pytest.approx(pixel_frechet(-b, a), rel=1e-6)
+    u8 = ((a[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
+    assert pixel_frechet(u8, (a + 1) / 2) == pytest.approx(0.0, abs=1e-3)   # uint8 scaled to [0, 1]
+    with pytest.raises(ValueError, match="at least 2"):
+        pixel_frechet(a[:1], b)
+
+
+# ------------------------------------------------------------------------------------ benchmark
+def test_benchmark_measures_ours_and_reports_the_reference_half():
+    from support.benchmarks.ddpm import run
+
+    result = run(profile="test", train_batch=4, train_updates=1, warmup=1, sample_batch=2,
+                 steps={"ddpm": 3, "ddim": 3, "dpmsolver++": 3}, repeats=1, device="cpu")
+    ours = result["ours"]
+    assert ours["parameters"] > 0 and ours["train_images_per_s"] > 0
+    assert all(ours[f"sample_{s}_images_per_s"] > 0 for s in ("ddpm", "ddim", "dpmsolver++"))
+    if result["reference_skipped"] is None:   # denoising-diffusion-pytorch installed apart
+        ref = result["reference"]
+        assert ref["train_images_per_s"] > 0 and ref["sample_ddim_images_per_s"] > 0
+        assert "sample_ddpm_images_per_s" not in ref      # their ancestral sampler has no 3-step variant
+        assert result["ratio_ours_over_reference"]["train_images_per_s"] == pytest.approx(
+            ours["train_images_per_s"] / ref["train_images_per_s"])
+    else:
+        assert "pip install" in result["reference_skipped"] and result["reference"] == {}

@@ -1,0 +1,151 @@
+"""DDPM training on CPU: crash + resume equals an uninterrupted run, NaN handling, saved pipeline."""
+
+import json
+
+import pytest
+import torch
+
+from support.diffusion.config import ddpm_config
+from support.diffusion.data import SyntheticDiscs
+from support.diffusion.train import NonFiniteLossError, train_ddpm
+from support.io import load_state_dict
+
+torch.set_num_threads(1)
+
+# 24 images, batch 4, accumulation 2: 6 micro-batches per epoch, so 6 updates cross an epoch boundary.
+CONFIG = ddpm_config("test", {"train": {"max_steps": 6, "checkpoint_every": 2, "checkpoints_total_limit": 2,
+                                        "validate_every": 3, "sample_grid_steps": 3}})
+
+
+class Sabotaged(torch.utils.data.Dataset):
+    """Items of ``base``; after ``after`` training reads it raises (a crash) or returns NaN images.
+
+    The first read is the trainer's check of item 0, before training starts.
+    """
+
+    def __init__(self, base, after: int, mode: str):
+        self.base, self.after, self.mode, self.reads = base, after, mode, 0
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        if self.reads > self.after + 1:
+            if self.mode == "crash":
+                raise RuntimeError("simulated crash")
+            return {"image": torch.full_like(self.base[i]["image"], float("nan"))}
+        return self.base[i]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddpm_full_run")
+    history = train_ddpm(CONFIG, SyntheticDiscs(24, 16), out, SyntheticDiscs(8, 16, seed=1))
+    return out, history
+
+
+def _final(out):
+    ckpt = out / "checkpoints" / "checkpoint-00000006"
+    return load_state_dict(ckpt / "model.safetensors"), load_state_dict(ckpt / "ema.safetensors")
+
+
+def test_run_writes_history_checkpoints_grid_and_pipeline(uninterrupted):
+    out, history = uninterrupted
+    assert history["step"] == [2, 4, 6] and len(history["loss"]) == 3
+    assert all(v > 0 for v in history["images_per_s"])
+    assert history["val_step"] == [3, 6] and all(v > 0 for v in history["val_loss"] + history["val_loss_ema"])
+    assert history["loss"][-1] < history["loss"][0]          # it learns
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-00000004", "checkpoint-00000006"]
+    assert (out / "samples" / "grid-00000006.png").is_file()
+    assert json.loads((out / "history.json").read_text()) == history
+    assert (out / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_resume_after_crash_ends_in_the_same_weights(uninterrupted, tmp_path):
+    out_a, history_a = uninterrupted
+    data = SyntheticDiscs(24, 16)
+    # Crash inside update 5 (each update reads 8 images): checkpoint-4 is the last one on disk.
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_ddpm(CONFIG, Sabotaged(data, after=8 * 4 + 3, mode="crash"), tmp_path, SyntheticDiscs(8, 16, seed=1))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-00000002",
+                                                                              "checkpoint-00000004"]
+    history_b = train_ddpm(CONFIG, data, tmp_path, SyntheticDiscs(8, 16, seed=1))   # resumes from update 4
+    model_a, ema_a = _final(out_a)
+    model_b, ema_b = _final(tmp_path)
+    assert model_a.keys() == model_b.keys()
+    for name in model_a:
+        assert torch.equal(model_a[name], model_b[name]), name
+    for name in ema_a:
+        assert torch.equal(ema_a[name], ema_b[name]), name
+    assert history_b["loss"] == history_a["loss"] and history_b["val_loss"] == history_a["val_loss"]
+    # and a run that was never resumed from the same start does differ when the seed differs
+    other = train_ddpm(ddpm_config("test", {"train": {"max_steps": 2, "seed": 1, "checkpoint_every": 2}}),
+                       data, tmp_path / "seed1")
+    assert other["loss"][0] != history_a["loss"][0]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    data = SyntheticDiscs(24, 16)
+    # NaN images from the 4th update on: updates 1-3 are fine, checkpoint-2 is the last good one.
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss.*update 4.*checkpoint-00000002"):
+        train_ddpm(CONFIG, Sabotaged(data, after=8 * 3, mode="nan"), tmp_path)
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert ckpts == ["checkpoint-00000002"]                   # nothing written after the NaN
+    assert not (tmp_path / "pipeline").exists() and not (tmp_path / "history.json").exists()
+    weights = load_state_dict(tmp_path / "checkpoints" / "checkpoint-00000002" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    # the last good checkpoint resumes
+    history = train_ddpm(CONFIG, data, tmp_path)
+    assert history["step"][-1] == 6
+
+
+def test_saved_pipeline_holds_ema_weights_and_matches_the_sampler(uninterrupted):
+    from diffusers import DDPMPipeline
+
+    from support.diffusion.model import build_unet
+    from support.diffusion.sampling import make_sampler, sample_images
+
+    out, _ = uninterrupted
+    pipe = DDPMPipeline.from_pretrained(out / "pipeline")
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    model, ema = _final(out)
+    unet_weights = dict(pipe.unet.named_parameters())
+    assert all(torch.equal(unet_weights[k].detach(), ema[k]) for k in ema)           # EMA, not the online weights
+    assert not all(torch.equal(unet_weights[k].detach(), model[k]) for k in ema)
+
+    seeds = [11, 12, 13]
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    reference = pipe(batch_size=3, generator=generators, num_inference_steps=25, output_type="pt").images
+    ours = sample_images(pipe.unet, make_sampler("ddpm", pipe.scheduler.config), seeds, 25)
+    torch.testing.assert_close(ours, reference.float().cpu(), rtol=0, atol=1e-6)
+
+    fresh = build_unet(CONFIG.unet)
+    fresh.load_state_dict(ema)
+    alone = sample_images(fresh, make_sampler("ddpm", pipe.scheduler.config), [12], 25)
+    torch.testing.assert_close(alone[0], ours[1], rtol=0, atol=1e-5)       # seed 12 alone == seed 12 in a batch
+    for name in ("ddim", "dpmsolver++"):
+        images = sample_images(pipe.unet, make_sampler(name, pipe.scheduler.config), seeds, 5)
+        assert images.shape == (3, 1, 16, 16) and 0 <= images.min() and images.max() <= 1
+        assert not torch.allclose(images[0], images[1])                    # different seeds, different images
+
+
+def test_learning_rate_warms_up(tmp_path):
+    cfg = ddpm_config("test", {"train": {"max_steps": 4, "lr_warmup_steps": 4, "log_every": 1, "checkpoint_every": 4,
+                                         "gradient_accumulation_steps": 1, "sample_grid_steps": 1}})
+    history = train_ddpm(cfg, SyntheticDiscs(16, 16), tmp_path)
+    assert history["lr"] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+
+
+def test_bad_dataset_fails_before_training(tmp_path):
+    class Wrong(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {"image": torch.zeros(3, 16, 16)}
+
+    with pytest.raises(ValueError, match=r"training set\[0\]\['image'\].*\(1, 16, 16\)"):
+        train_ddpm(CONFIG, Wrong(), tmp_path)
+    with pytest.raises(ValueError, match="no full batch"):
+        train_ddpm(CONFIG, SyntheticDiscs(3, 16), tmp_path)
