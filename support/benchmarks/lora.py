@@ -1,0 +1,183 @@
+"""Speed of the T2I-LoRA stage: LoRA training updates/s and sampling images/s.
+
+``python -m support.benchmarks.lora [--profile quick] [--updates 20] [--out result.json]``
+
+Quick: the profile's small base architecture (random weights; speed does not depend on them) is
+fine-tuned by :func:`support.t2i.train.train_lora` itself (its own per-update timing, warm-up
+updates dropped) and sampled by :func:`support.t2i.sampling.generate_images` with the profile's
+sampler, steps and guidance. With CUDA, the same for Stable Diffusion 2.1-base's architecture
+built from its configs with random weights: 512 px, batch 5, fp16, LoRA rank 4, and sampling at
+75 PNDM steps with guidance 4, batch 5, with the peak GPU memory of each (the original reports
+about 4.5 s per image on its GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _tokenizer(vocab_size: int, max_length: int = 77):
+    """A report tokenizer trained on composed reports (no download)."""
+    from support.t2i.captions import train_caption_tokenizer
+    from support.t2i.config import PromptConfig
+    from support.t2i.data import SyntheticCaptioned
+    from support.t2i.sampling import plan_for_findings
+
+    plan = plan_for_findings(PromptConfig(source="findings", finding_mix={
+        "Pleural Effusion": 20, "Cardiomegaly": 20, "Pneumothorax": 20, "No Finding": 20}))
+    return train_caption_tokenizer(list(plan["prompt"]) + SyntheticCaptioned(8, 8).captions, vocab_size, max_length)
+
+
+def _reset_accelerate() -> None:
+    # Each measurement may ask for another mixed precision; accelerate keeps one per process.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def training_rate(pipe, config, batch_size: int, updates: int, warmup: int, resolution: int) -> dict[str, Any]:
+    """Updates/s and images/s of ``train_lora`` over ``updates`` updates after ``warmup``."""
+    from support.t2i.data import SyntheticCaptioned
+    from support.t2i.train import train_lora
+
+    total = warmup + updates
+    train = dataclasses.replace(config.train, max_steps=total, batch_size=batch_size, gradient_accumulation_steps=1,
+                                log_every=1, checkpoint_every=total, validation_prompts=(),
+                                validation_every_epochs=0, resume=None, resolution=resolution)
+    cfg = dataclasses.replace(config, train=train)
+    data = SyntheticCaptioned(batch_size * total, resolution, channels=int(pipe.vae.config.in_channels))
+    _reset_accelerate()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as tmp:
+        history = train_lora(cfg, pipe, data, tmp, progress=False)
+    rates = history["steps_per_s"][warmup:]
+    seconds = sum(1.0 / r for r in rates)
+    out = {"updates_per_s": len(rates) / seconds, "images_per_s": batch_size * len(rates) / seconds,
+           "batch_size": batch_size, "resolution": resolution, "updates_timed": len(rates),
+           "trainable": history["trainable"]}
+    if torch.cuda.is_available() and pipe.device.type == "cuda":
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def sampling_rate(pipe, images: int, batch_size: int, steps: int, guidance_scale: float, sampler: str,
+                  resolution: int) -> dict[str, Any]:
+    """Images/s of ``generate_images`` (one warm-up batch first, not timed)."""
+    from support.t2i.sampling import generate_images
+
+    prompts = ["view_position = PA. modality = CR. Moderate right pleural effusion."] * images
+    kwargs = dict(steps=steps, guidance_scale=guidance_scale, sampler=sampler, batch_size=batch_size,
+                  resolution=resolution)
+    generate_images(pipe, prompts[:batch_size], list(range(batch_size)), **{**kwargs, "steps": 2})
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    generate_images(pipe, prompts, list(range(images)), **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    out = {"images_per_s": images / elapsed, "seconds_per_image": elapsed / images, "images": images,
+           "batch_size": batch_size, "steps": steps, "guidance_scale": guidance_scale, "sampler": sampler,
+           "resolution": resolution}
+    if torch.cuda.is_available() and pipe.device.type == "cuda":
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def bench_profile(profile: str, updates: int, warmup: int, images: int) -> dict[str, Any]:
+    """The profile's small base architecture, on CPU (the demo's setting)."""
+    from support.t2i.base_model import build_small_pipeline, pipeline_resolution
+    from support.t2i.config import t2i_config, t2i_sampling_config
+
+    config = t2i_config(profile, {"train": {"cpu": True, "mixed_precision": "no"}})
+    sampling = t2i_sampling_config(profile)
+    pipe = build_small_pipeline(config.base, _tokenizer(config.base.text.vocab_size, config.base.text.max_length))
+    resolution = pipeline_resolution(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    train = training_rate(pipe, config, config.train.batch_size, updates, warmup, resolution)
+    sample = sampling_rate(pipe, images, sampling.batch_size, sampling.steps, sampling.guidance_scale,
+                           sampling.sampler, resolution)
+    return {"device": "cpu", "training": train, "sampling": sample}
+
+
+def bench_sd21(updates: int, warmup: int, images: int) -> dict[str, Any]:
+    """SD 2.1-base architecture, random weights, CUDA fp16: the published configuration's speed."""
+    from support.t2i.base_model import build_sd21_base
+    from support.t2i.config import t2i_config, t2i_sampling_config
+
+    config = t2i_config("full")
+    sampling = t2i_sampling_config("full")
+    torch.manual_seed(0)
+    pipe = build_sd21_base(_tokenizer(8192), device="cuda", dtype=torch.float16)
+    pipe.set_progress_bar_config(disable=True)
+    train = training_rate(pipe, config, config.train.batch_size, updates, warmup, 512)
+    sample = sampling_rate(pipe, images, config.train.batch_size, sampling.steps, sampling.guidance_scale,
+                           sampling.sampler, 512)
+    return {"device": torch.cuda.get_device_name(0), "training": train, "sampling": sample}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import diffusers
+    import peft
+
+    parser = argparse.ArgumentParser(prog="python -m support.benchmarks.lora", description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="quick", choices=("test", "quick", "full"),
+                        help="small base architecture of this profile, timed on CPU")
+    parser.add_argument("--updates", type=int, default=20, help="timed LoRA updates (after --warmup)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--images", type=int, default=16, help="images sampled for the sampling rate")
+    parser.add_argument("--sd21-updates", type=int, default=20)
+    parser.add_argument("--sd21-images", type=int, default=10)
+    parser.add_argument("--no-sd21", action="store_true", help="skip the SD 2.1-base measurement on CUDA")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    result: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                              "diffusers": diffusers.__version__, "peft": peft.__version__,
+                              "cpu_threads": torch.get_num_threads()}
+    result[args.profile] = bench_profile(args.profile, args.updates, args.warmup, args.images)
+    q = result[args.profile]
+    print(f"{args.profile} ({q['training']['resolution']} px, CPU, {torch.get_num_threads()} threads): "
+          f"LoRA {q['training']['updates_per_s']:.2f} updates/s ({q['training']['images_per_s']:.1f} images/s, "
+          f"batch {q['training']['batch_size']}; trainable share of the UNet "
+          f"{q['training']['trainable']['unet']['share']:.3%}); sampling {q['sampling']['images_per_s']:.2f} "
+          f"images/s ({q['sampling']['sampler']}, {q['sampling']['steps']} steps, guidance "
+          f"{q['sampling']['guidance_scale']})")
+    if args.no_sd21:
+        result["sd21_base"] = {"skipped": "--no-sd21"}
+    elif not torch.cuda.is_available():
+        result["sd21_base"] = {"skipped": "CUDA not available"}
+        print("SD 2.1-base: skipped (CUDA not available)")
+    else:
+        s = bench_sd21(args.sd21_updates, args.warmup, args.sd21_images)
+        result["sd21_base"] = s
+        print(f"SD 2.1-base on {s['device']} (512 px, fp16): LoRA {s['training']['updates_per_s']:.2f} updates/s "
+              f"at batch 5, peak {s['training']['peak_memory_gib']:.1f} GiB, trainable share of the UNet "
+              f"{s['training']['trainable']['unet']['share']:.3%}; sampling {s['sampling']['seconds_per_image']:.2f} "
+              f"s/image (75 PNDM steps, guidance 4, batch 5), peak {s['sampling']['peak_memory_gib']:.1f} GiB")
+    if args.out:
+        from support.io import write_json_atomic
+
+        write_json_atomic(args.out, result)
+    else:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

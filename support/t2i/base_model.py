@@ -1,0 +1,359 @@
+"""The base text-to-image model: Stable Diffusion 2.1-base from a local folder, or a small LDM of
+the same classes pretrained here on radiographs captioned with their view only.
+
+Both are ``StableDiffusionPipeline`` folders (safetensors) and are loaded, fine-tuned and
+sampled by the same code. The small model has an ``AutoencoderKL`` (grayscale in and out), a
+``UNet2DConditionModel`` with cross-attention, a ``CLIPTextModel`` and a ``CLIPTokenizer`` whose
+BPE is trained on the report corpus, and SD's noise schedule (scaled-linear betas
+0.00085-0.012, epsilon prediction, PNDM for sampling). Pretrained on view-only captions
+("view_position = PA. modality = CR."), it knows what a radiograph looks like and nothing about
+findings, as SD knows images and nothing about reports.
+
+The SD 2.1-base configurations are written out below (no download) so that its architecture can
+be built with random weights for speed and memory measurements.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from support.io import read_json, sha256_file, write_json_atomic
+from support.params import to_dict
+from support.t2i.config import BaseModelConfig, DEFAULT_TEMPLATE
+
+BASE_INFO_JSON = "base_model.json"
+PIPELINE_DIR = "pipeline"
+FORMAT = "support.t2i.base_model/1"
+
+# ------------------------------------------------------------------ Stable Diffusion 2.1-base
+SD21_BASE_UNET: dict[str, Any] = {
+    "sample_size": 64, "in_channels": 4, "out_channels": 4, "center_input_sample": False,
+    "flip_sin_to_cos": True, "freq_shift": 0,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "only_cross_attention": False, "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+    "downsample_padding": 1, "mid_block_scale_factor": 1, "act_fn": "silu", "norm_num_groups": 32,
+    "norm_eps": 1e-5, "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20],
+    "dual_cross_attention": False, "use_linear_projection": True, "num_class_embeds": None,
+}
+SD21_BASE_VAE: dict[str, Any] = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32,
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "sample_size": 512, "scaling_factor": 0.18215,
+}
+SD21_BASE_TEXT_ENCODER: dict[str, Any] = {   # OpenCLIP ViT-H/14 text tower, penultimate layer kept
+    "vocab_size": 49408, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
+    "num_attention_heads": 16, "max_position_embeddings": 77, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
+    "projection_dim": 512, "attention_dropout": 0.0, "dropout": 0.0, "initializer_range": 0.02,
+    "initializer_factor": 1.0, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+}
+SD21_BASE_SCHEDULER: dict[str, Any] = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon", "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
+}
+
+
+# ------------------------------------------------------------------ building
+def build_pipeline(unet_config: Mapping[str, Any], vae_config: Mapping[str, Any],
+                   text_config: Mapping[str, Any], tokenizer, scheduler_config: Mapping[str, Any] = SD21_BASE_SCHEDULER,
+                   device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    """A ``StableDiffusionPipeline`` with freshly initialised weights from component configs.
+
+    Initialisation draws from torch's global RNG. ``device="meta"`` builds the architecture
+    without allocating weights (parameter counts of models too large for the machine).
+    """
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    with device:
+        unet = UNet2DConditionModel(**unet_config)
+        vae = AutoencoderKL(**vae_config)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    if dtype is not None and device.type != "meta":
+        for model in (unet, vae, text_encoder):
+            model.to(dtype)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=PNDMScheduler(**scheduler_config), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+
+
+def small_model_configs(config: BaseModelConfig, tokenizer) -> tuple[dict, dict, dict]:
+    """(unet, vae, text encoder) configs of the small base model described by ``config``."""
+    v, u, t = config.vae, config.unet, config.text
+    factor = 2 ** (len(v.block_out_channels) - 1)
+    levels = len(u.block_out_channels)
+    with_attention = {a % levels for a in u.cross_attention_levels}
+    unet = {
+        "sample_size": config.resolution // factor, "in_channels": v.latent_channels,
+        "out_channels": v.latent_channels, "block_out_channels": list(u.block_out_channels),
+        "down_block_types": ["CrossAttnDownBlock2D" if i in with_attention else "DownBlock2D" for i in range(levels)],
+        "up_block_types": ["CrossAttnUpBlock2D" if i in with_attention else "UpBlock2D"
+                           for i in reversed(range(levels))],
+        "layers_per_block": u.layers_per_block, "cross_attention_dim": t.hidden_size,
+        # diffusers reads attention_head_dim as the number of heads (as SD 2's [5, 10, 20, 20])
+        "attention_head_dim": u.attention_heads, "norm_num_groups": u.norm_num_groups,
+        "use_linear_projection": True, "flip_sin_to_cos": True, "freq_shift": 0,
+    }
+    vae = {
+        "in_channels": 1, "out_channels": 1, "latent_channels": v.latent_channels,
+        "block_out_channels": list(v.block_out_channels), "layers_per_block": v.layers_per_block,
+        "down_block_types": ["DownEncoderBlock2D"] * len(v.block_out_channels),
+        "up_block_types": ["UpDecoderBlock2D"] * len(v.block_out_channels),
+        "norm_num_groups": v.norm_num_groups, "sample_size": config.resolution,
+    }
+    text = {
+        "vocab_size": len(tokenizer), "hidden_size": t.hidden_size, "intermediate_size": t.intermediate_size,
+        "num_hidden_layers": t.num_layers, "num_attention_heads": t.num_heads,
+        "max_position_embeddings": t.max_length, "hidden_act": "gelu", "projection_dim": t.hidden_size,
+        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    return unet, vae, text
+
+
+def build_small_pipeline(config: BaseModelConfig, tokenizer, seed: int = 0):
+    """The small base model with freshly initialised weights (seeded)."""
+    torch.manual_seed(int(seed))
+    unet, vae, text = small_model_configs(config.validate(), tokenizer)
+    return build_pipeline(unet, vae, text, tokenizer)
+
+
+def build_sd21_base(tokenizer, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    """Stable Diffusion 2.1-base's architecture with random weights (speed and memory only)."""
+    if len(tokenizer) > SD21_BASE_TEXT_ENCODER["vocab_size"]:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens; SD 2.1's text encoder embeds "
+                         f"{SD21_BASE_TEXT_ENCODER['vocab_size']}")
+    return build_pipeline(SD21_BASE_UNET, SD21_BASE_VAE, SD21_BASE_TEXT_ENCODER, tokenizer, device=device, dtype=dtype)
+
+
+# ------------------------------------------------------------------ files
+def save_pipeline(pipe, path: str | os.PathLike) -> Path:
+    """Write ``pipe`` as a diffusers folder (safetensors), swapped in whole: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if path.exists():
+            old = path.parent / f".old-{path.name}-{os.getpid()}"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def check_pipeline_dir(path: str | os.PathLike, what: str = "base_model") -> Path:
+    """``path`` as a diffusers Stable Diffusion folder, or an error saying what is missing."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} {path}: folder not found (expected a diffusers pipeline folder)")
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{what} {path}: not a diffusers pipeline folder (model_index.json missing)")
+    missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if c not in read_json(index)]
+    if missing:
+        raise ValueError(f"{what} {index}: lacks component(s) {missing}; expected a Stable Diffusion pipeline")
+    return path
+
+
+def load_pipeline(path: str | os.PathLike, device: str = "auto", dtype: str = "auto"):
+    """A saved ``StableDiffusionPipeline`` on ``device`` in ``dtype`` (``support.devices`` rule).
+
+    Offline only; no safety checker (it would black out radiographs it cannot judge).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    from support.devices import pick_device, pick_dtype
+
+    path = check_pipeline_dir(path)
+    dev = pick_device(device)
+    pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, use_safetensors=True,
+                                                   dtype=pick_dtype(dev, dtype), safety_checker=None,
+                                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dev)
+
+
+def model_sha256(path: str | os.PathLike, subfolder: str | None = "unet") -> str:
+    """sha256 over what loading reads from a pipeline folder (its ``subfolder``, or all of it):
+    configs, tokenizer files and the safetensors weights (not fp16 variants or ``.bin`` copies)."""
+    root = Path(path) / subfolder if subfolder else Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and (p.suffix in (".json", ".txt") or (p.suffix == ".safetensors" and p.name.count(".") == 1)))
+    if not files:
+        raise FileNotFoundError(f"{root}: no model files found")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(root).as_posix()}\x1f{sha256_file(f)}\x1e".encode())
+    return h.hexdigest()
+
+
+def pipeline_resolution(pipe) -> int:
+    """The image size the pipeline was built for: latent sample size x VAE downsampling."""
+    size = pipe.unet.config.sample_size
+    size = size if isinstance(size, int) else size[0]
+    return int(size) * int(pipe.vae_scale_factor)
+
+
+# ------------------------------------------------------------------ pretraining the small model
+def _records_fingerprint(dataset) -> str:
+    return dataset.content_fingerprint()
+
+
+def _batches(dataset, batch_size: int, seed: int, num_workers: int):
+    """Endless shuffled batches; epoch e shuffles with seed + e."""
+    from torch.utils.data import DataLoader
+
+    epoch = 0
+    while True:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) >= batch_size,
+                            num_workers=num_workers, generator=torch.Generator().manual_seed(seed + epoch))
+        yield from loader
+        epoch += 1
+
+
+def pretrain_base_model(records: pd.DataFrame, output_dir: str | os.PathLike, config: BaseModelConfig,
+                        progress: bool = True) -> Path:
+    """Pretrain the small base model on the training split; return its pipeline folder.
+
+    Writes ``output_dir/pipeline/`` (a ``StableDiffusionPipeline``) and then
+    ``output_dir/base_model.json`` (config, data fingerprint, losses). A folder already holding a
+    model of the same config and data is reused as it is.
+    """
+    from diffusers import DDPMScheduler
+    from tqdm.auto import tqdm
+
+    from support.devices import pick_device
+    from support.seeding import seed_everything, torch_generator
+    from support.t2i.captions import caption_stats, record_caption, train_caption_tokenizer
+    from support.t2i.data import CaptionedImages
+
+    config = config.validate()
+    out = Path(output_dir).expanduser().resolve()
+    p = config.pretrain
+    data = CaptionedImages(records, config.resolution, channels=1, template=config.caption_template,
+                           views=config.views, splits=("train",), random_crop=False)
+    if len(data) < 2:
+        raise ValueError(f"base model pretraining: {len(data)} training image(s) of views {list(config.views)}; "
+                         f"need at least 2 ({data.summary})")
+    fingerprint = _records_fingerprint(data)
+    info_path = out / BASE_INFO_JSON
+    if info_path.is_file():
+        info = read_json(info_path)
+        if info.get("config") == to_dict(config) and info.get("data_fingerprint") == fingerprint \
+                and (out / PIPELINE_DIR / "model_index.json").is_file():
+            return out / PIPELINE_DIR
+
+    seed_everything(p.seed)
+    device = pick_device(p.device)
+    # The tokenizer learns the report vocabulary; the model sees only the view captions.
+    corpus = [record_caption(r, DEFAULT_TEMPLATE) for r in data.records.to_dict("records")]
+    tokenizer = train_caption_tokenizer(corpus, config.text.vocab_size, config.text.max_length)
+    pipe = build_small_pipeline(config, tokenizer, seed=p.seed)
+    vae, unet, text_encoder = pipe.vae.to(device), pipe.unet.to(device), pipe.text_encoder.to(device)
+
+    # 1. the autoencoder: L1 reconstruction + a small KL to the unit Gaussian
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=p.vae_learning_rate, weight_decay=0.0)
+    vae_losses: list[float] = []
+    batches = _batches(data, p.vae_batch_size, p.seed, p.num_workers)
+    for step in tqdm(range(p.vae_steps), desc="base model: VAE", disable=not progress, leave=False):
+        x = next(batches)["pixel_values"].to(device)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator=torch_generator(p.seed * 1_000_003 + step, device.type))
+        recon = vae.decode(z).sample
+        kl = posterior.kl().mean() / z[0].numel()
+        loss = (recon - x).abs().mean() + p.kl_weight * kl
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"base model pretraining: non-finite VAE loss at step {step + 1}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), p.max_grad_norm)
+        opt.step()
+        vae_losses.append(float(loss.detach()))
+    vae.eval().requires_grad_(False)
+
+    # Latents scaled to unit variance, as SD's 0.18215 does for its autoencoder.
+    with torch.no_grad():
+        n_batches = math.ceil(min(256, len(data)) / p.vae_batch_size)
+        sample = torch.cat([next(batches)["pixel_values"] for _ in range(n_batches)])
+        latents = torch.cat([vae.encode(sample[i:i + 64].to(device)).latent_dist.mean
+                             for i in range(0, len(sample), 64)])
+        scaling = float(1.0 / latents.float().std().clamp_min(1e-6))
+    vae.register_to_config(scaling_factor=scaling)
+
+    # 2. UNet + text encoder on view captions (some dropped, for classifier-free guidance)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    unet.train()
+    text_encoder.train()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=p.learning_rate, weight_decay=1e-2)
+    rng = np.random.default_rng(p.seed)
+    unet_losses: list[float] = []
+    batches = _batches(data, p.batch_size, p.seed + 1, p.num_workers)
+    T = noise_scheduler.config.num_train_timesteps
+    for step in tqdm(range(p.unet_steps), desc="base model: UNet", disable=not progress, leave=False):
+        batch = next(batches)
+        x = batch["pixel_values"].to(device)
+        captions = ["" if rng.random() < p.caption_dropout else c for c in batch["caption"]]
+        g = torch_generator(p.seed * 7_000_003 + step, device.type)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=g) * scaling
+        noise = torch.randn(z.shape, generator=g, device=device)
+        t = torch.randint(0, T, (z.shape[0],), generator=g, device=device)
+        ids = tokenizer(captions, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                        return_tensors="pt").input_ids.to(device)
+        pred = unet(noise_scheduler.add_noise(z, noise, t), t, text_encoder(ids)[0]).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"base model pretraining: non-finite UNet loss at step {step + 1}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
+        opt.step()
+        unet_losses.append(float(loss.detach()))
+    unet.eval()
+    text_encoder.eval()
+
+    pipe.to("cpu")
+    save_pipeline(pipe, out / PIPELINE_DIR)
+    window = max(1, min(20, len(unet_losses) // 4))
+    write_json_atomic(info_path, {
+        "format": FORMAT, "config": to_dict(config), "data_fingerprint": fingerprint,
+        "n_images": len(data), "data_summary": data.summary.to_dict(), "scaling_factor": scaling,
+        "tokenizer_vocab": len(tokenizer),
+        "report_captions": caption_stats(corpus, tokenizer),
+        "vae_loss_first_last": [float(np.mean(vae_losses[:window])), float(np.mean(vae_losses[-window:]))]
+        if vae_losses else None,
+        "unet_loss_first_last": [float(np.mean(unet_losses[:window])), float(np.mean(unet_losses[-window:]))],
+        "vae_loss": vae_losses, "unet_loss": unet_losses,
+    })
+    return out / PIPELINE_DIR
+
+
+def ensure_base_model(base_model: str | os.PathLike | None, records: pd.DataFrame | None,
+                      output_dir: str | os.PathLike, config: BaseModelConfig, progress: bool = True) -> Path:
+    """The base model folder: ``base_model`` when given (checked), else the small model pretrained
+    (or reused) under ``output_dir``."""
+    if base_model:
+        return check_pipeline_dir(base_model)
+    if records is None:
+        raise ValueError("no base_model folder given and no records to pretrain the default base model on")
+    return pretrain_base_model(records, output_dir, config, progress=progress)

@@ -1,0 +1,101 @@
+"""Resumable LoRA training state: adapter weights only, optimizer, LR schedule, grad scaler, RNGs.
+
+A checkpoint folder ``checkpoint-<step>`` holds the adapters twice: in peft's naming
+(``lora.safetensors``, restored exactly on resume) and in diffusers' format
+(``pytorch_lora_weights.safetensors``, so ``pipeline.load_lora_weights(checkpoint)`` works on
+any checkpoint). The base model is never copied. Listing, retention and RNG capture are the DDPM
+stage's (:mod:`support.diffusion.checkpoints`); like there, the folder is assembled hidden and
+renamed into place, ``state.json`` written last.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+from support.diffusion.checkpoints import (  # noqa: F401  (re-exported for callers of this module)
+    STATE_JSON,
+    _optimizer_from_files,
+    _optimizer_to_files,
+    checkpoint_step,
+    latest_checkpoint,
+    list_checkpoints,
+    prune_checkpoints,
+    rng_state,
+    set_rng_state,
+)
+from support.io import load_state_dict, read_json, save_state_dict, write_json_atomic
+from support.t2i.lora import load_peft_state_dicts, peft_state_dicts, save_lora_weights
+
+FORMAT = "support.t2i.lora-checkpoint/1"
+PEFT_WEIGHTS = "lora.safetensors"
+
+
+def save_lora_checkpoint(root: str | os.PathLike, step: int, *, unet, text_encoder, with_text_encoder: bool,
+                         optimizer, lr_scheduler, scaler=None, rng_states: Sequence[tuple[dict, dict]] = (),
+                         extra: dict[str, Any] | None = None) -> Path:
+    """Write ``root/checkpoint-<step>`` atomically and return it (unwrapped models)."""
+    root = Path(root)
+    final = root / f"checkpoint-{int(step):08d}"
+    tmp = root / f".tmp-checkpoint-{int(step):08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_state_dict(peft_state_dicts(unet, text_encoder, with_text_encoder), tmp / PEFT_WEIGHTS)
+        save_lora_weights(tmp, unet, text_encoder, with_text_encoder)
+        opt_tensors, opt_meta = _optimizer_to_files(optimizer.state_dict())
+        save_state_dict(opt_tensors, tmp / "optimizer.safetensors")
+        rng_tensors = {f"rank{r}.{k}": v for r, (t, _) in enumerate(rng_states) for k, v in t.items()}
+        if rng_tensors:
+            save_state_dict(rng_tensors, tmp / "rng.safetensors")
+        write_json_atomic(tmp / STATE_JSON, {
+            "format": FORMAT, "step": int(step), "optimizer": opt_meta,
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": [meta for _, meta in rng_states], **(extra or {})})
+        if final.exists():  # the same step saved again (a run stopped and resumed on it)
+            trash = root / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``state.json`` of a complete LoRA checkpoint (step, config, history, ...)."""
+    path = Path(path)
+    if not (path / STATE_JSON).is_file():
+        raise FileNotFoundError(f"{path}: not a complete checkpoint ({STATE_JSON} missing)")
+    state = read_json(path / STATE_JSON)
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{path / STATE_JSON}: format {state.get('format')!r}, expected {FORMAT!r} "
+                         f"(a LoRA training checkpoint)")
+    return state
+
+
+def load_lora_checkpoint(path: str | os.PathLike, *, unet, text_encoder, optimizer, lr_scheduler, scaler=None,
+                         rank: int | None = None) -> dict[str, Any]:
+    """Restore what :func:`save_lora_checkpoint` wrote, in place; return its ``state.json``.
+
+    ``rank`` selects which process's RNG states to restore (None leaves the RNGs alone).
+    """
+    path = Path(path)
+    state = checkpoint_state(path)
+    load_peft_state_dicts(load_state_dict(path / PEFT_WEIGHTS), unet, text_encoder, where=str(path / PEFT_WEIGHTS))
+    optimizer.load_state_dict(_optimizer_from_files(load_state_dict(path / "optimizer.safetensors"),
+                                                    state["optimizer"]))
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if scaler is not None and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
+    if rank is not None and rank < len(state.get("rng", [])) and (path / "rng.safetensors").is_file():
+        all_rng = load_state_dict(path / "rng.safetensors")
+        prefix = f"rank{rank}."
+        set_rng_state({k[len(prefix):]: v for k, v in all_rng.items() if k.startswith(prefix)}, state["rng"][rank])
+    return state

@@ -1,0 +1,130 @@
+"""Measured, not assumed: what LoRA changes for the same prompts and seeds, and how often the
+requested finding is found in the images.
+
+:func:`before_after` samples the same prompts with the same seeds from the base model and from
+the base model with the LoRA weights loaded. :func:`finding_rates` scores image sets with the
+reference classifier (:mod:`support.eval.reference_encoder`, trained on the real training
+split by :func:`reference_classifier`) and reports, per finding, how often it is found where it
+was requested and where it was not, and the AUROC of the classifier's score against the
+request (:func:`support.eval.conditional.conditional_fidelity`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from support.data.schema import CHEXPERT_LABELS, PHANTOM_FINDINGS
+from support.t2i.config import T2ISamplingConfig
+
+
+def before_after(base_model: str | os.PathLike, lora: str | os.PathLike, prompts: Sequence[str],
+                 seeds: Sequence[int] | None = None, cfg: T2ISamplingConfig | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Images of the same prompts and seeds without and with LoRA.
+
+    Returns ``{"before": (N, H, W), "after": (N, H, W)}`` floats in [0, 1] with the prompts and
+    seeds used (seed ``cfg.base_seed + i`` when ``seeds`` is None) and the mean absolute pixel
+    change between the two sets.
+    """
+    from support.t2i.base_model import load_pipeline
+    from support.t2i.lora import load_lora
+    from support.t2i.sampling import generate_images
+
+    cfg = (cfg or T2ISamplingConfig()).validate()
+    prompts = [str(p) for p in prompts]
+    seeds = list(seeds) if seeds is not None else [cfg.base_seed + i for i in range(len(prompts))]
+    pipe = load_pipeline(base_model, device=cfg.device, dtype=cfg.dtype)
+    kwargs = dict(steps=cfg.steps, guidance_scale=cfg.guidance_scale, negative_prompt=cfg.negative_prompt,
+                  sampler=cfg.sampler, batch_size=cfg.batch_size, progress=progress)
+    before = generate_images(pipe, prompts, seeds, **kwargs)
+    load_lora(pipe, lora)
+    after = generate_images(pipe, prompts, seeds, **kwargs)
+    return {"before": before, "after": after, "prompts": prompts, "seeds": seeds,
+            "mean_abs_change": float(np.abs(after - before).mean())}
+
+
+def records_fingerprint(records: pd.DataFrame) -> str:
+    """sha256 of a record table's image ids, paths, file sizes and labels (cheap: no image read)."""
+    h = hashlib.sha256()
+    cols = [c for c in CHEXPERT_LABELS if c in records.columns]
+    for rec in records[["image_id", "path", *cols]].itertuples(index=False):
+        try:
+            size = os.path.getsize(rec[1])
+        except OSError:
+            size = -1
+        h.update(("\x1f".join(str(v) for v in rec) + f"\x1f{size}\x1e").encode("utf-8"))
+    return h.hexdigest()
+
+
+def reference_classifier(records: pd.DataFrame, cache_root: str | os.PathLike, config=None,
+                         views: Sequence[str] = ("PA", "AP"), split: str = "train"):
+    """The reference encoder/classifier trained on the real ``split`` (frontal views by default),
+    held-out AUROC measured on whole patients; cached under ``cache_root``."""
+    from support.data.datasets import ImageDataset, ImageOptions
+    from support.eval.reference_encoder import ReferenceEncoderConfig, reference_encoder_for
+
+    config = config or ReferenceEncoderConfig()
+    chosen = records[records["split"] == split]
+    if chosen.empty:
+        raise ValueError(f"reference classifier: no record of split {split!r}")
+    dataset = ImageDataset(chosen, ImageOptions(size=config.image_size, channels=1), views=views)
+    if len(dataset) < 4:
+        raise ValueError(f"reference classifier: {len(dataset)} {split} image(s) of views {list(views)}; need at least 4")
+    return reference_encoder_for(dataset, cache_root, config, fingerprint=records_fingerprint(dataset.records),
+                                 groups=list(dataset.records["subject_id"]), name=f"{split} split")
+
+
+def requested_matrix(plan: pd.DataFrame, findings: Sequence[str]) -> np.ndarray:
+    """(N, F) requests: 1 asked for, 0 not asked for (an unmentioned finding counts as not asked),
+    NaN uncertain (-1), which is left out."""
+    missing = [f for f in findings if f not in plan.columns]
+    if missing:
+        raise KeyError(f"requested labels: columns {missing} not in the plan")
+    m = plan[list(findings)].to_numpy(dtype=np.float64)
+    m = np.where(np.isnan(m), 0.0, m)
+    return np.where(m == -1.0, np.nan, m)
+
+
+def finding_rates(classifier, image_sets: Mapping[str, Any], plan: pd.DataFrame,
+                  findings: Sequence[str] | None = None, threshold: float = 0.5,
+                  batch_size: int = 64) -> pd.DataFrame:
+    """Per finding and image set: how often the classifier finds it where it was requested.
+
+    ``image_sets``: e.g. ``{"before": images, "after": images}``, each with one image per plan
+    row. Columns: ``set``, ``finding``, ``n_requested``, ``n_not_requested``,
+    ``positive_rate_requested`` (share of requested images scored above ``threshold``),
+    ``positive_rate_not_requested``, ``mean_score_requested``, ``mean_score_not_requested``,
+    ``auroc`` (score against the request; NaN when only one kind is present).
+    """
+    from support.eval.conditional import conditional_fidelity, predict_set
+
+    names = list(findings) if findings is not None else [f for f in PHANTOM_FINDINGS
+                                                          if f in classifier.label_names and f in plan.columns]
+    unknown = [f for f in names if f not in classifier.label_names]
+    if unknown:
+        raise KeyError(f"the classifier does not predict {unknown}; it knows {list(classifier.label_names)}")
+    requested = requested_matrix(plan, names)
+    rows = []
+    for set_name, images in image_sets.items():
+        scores = predict_set(classifier, images, batch_size, set_name)
+        if len(scores) != len(plan):
+            raise ValueError(f"image set {set_name!r}: {len(scores)} images for {len(plan)} plan rows")
+        aurocs = conditional_fidelity(classifier, images, requested, label_names=names, scores=scores)
+        for j, name in enumerate(names):
+            s = scores[:, classifier.label_names.index(name)]
+            asked, not_asked = requested[:, j] == 1.0, requested[:, j] == 0.0
+            rows.append({
+                "set": set_name, "finding": name, "n_requested": int(asked.sum()),
+                "n_not_requested": int(not_asked.sum()),
+                "positive_rate_requested": float((s[asked] > threshold).mean()) if asked.any() else math.nan,
+                "positive_rate_not_requested": float((s[not_asked] > threshold).mean()) if not_asked.any() else math.nan,
+                "mean_score_requested": float(s[asked].mean()) if asked.any() else math.nan,
+                "mean_score_not_requested": float(s[not_asked].mean()) if not_asked.any() else math.nan,
+                "auroc": aurocs[name]})
+    return pd.DataFrame(rows)

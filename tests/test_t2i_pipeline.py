@@ -1,0 +1,162 @@
+"""T2I-LoRA on the phantom, end to end: the default base model pretrained on view-only captions,
+LoRA on report captions, a synthetic dataset written with prompts, reports and requested labels,
+and the before/after finding rates measured with the reference classifier."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from support.data.adapters import load_dataset
+from support.data.schema import CHEXPERT_LABELS
+from support.data.sections import parse_sections
+from support.eval.reference_encoder import ReferenceEncoderConfig
+from support.phantom import PhantomConfig, generate_phantom
+from transformers import CLIPTokenizer
+
+from support.t2i.base_model import BASE_INFO_JSON, load_pipeline, pretrain_base_model
+from support.t2i.captions import fit_caption
+from support.t2i.config import PromptConfig, t2i_config, t2i_sampling_config
+from support.t2i.data import CaptionedImages
+from support.t2i.evaluate import before_after, finding_rates, reference_classifier
+from support.t2i.sampling import plan_for_findings, plan_from_reports, sample_to_dataset
+from support.t2i.train import lora_training_set, train_lora
+
+torch.set_num_threads(1)
+CONFIG = t2i_config("test")
+SAMPLING = t2i_sampling_config("test")
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantom")
+    generate_phantom(root, PhantomConfig(n_patients=12, image_size=64, seed=1), workers=1, progress=False)
+    return load_dataset("mimic-cxr-jpg", root)[0]
+
+
+@pytest.fixture(scope="module")
+def trained(records, tmp_path_factory):
+    root = tmp_path_factory.mktemp("t2i")
+    base = pretrain_base_model(records, root / "base", CONFIG.base, progress=False)
+    history = train_lora(CONFIG, base, lora_training_set(records, CONFIG, base), root / "lora", progress=False)
+    return base, root / "lora" / "lora", history
+
+
+def test_default_base_model_is_a_stable_diffusion_folder_pretrained_on_view_captions(records, trained):
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    base, _, history = trained
+    pipe = load_pipeline(base, device="cpu", dtype="fp32")
+    assert isinstance(pipe, StableDiffusionPipeline) and isinstance(pipe.tokenizer, CLIPTokenizer)
+    assert isinstance(pipe.unet, UNet2DConditionModel) and isinstance(pipe.vae, AutoencoderKL)
+    assert isinstance(pipe.text_encoder, CLIPTextModel) and pipe.vae.config.in_channels == 1
+    info = json.loads((base.parent / BASE_INFO_JSON).read_text())
+    frontal_train = records[records["split"].eq("train") & records["view"].isin(["PA", "AP"])]
+    assert info["n_images"] == len(frontal_train)
+    assert info["scaling_factor"] == pytest.approx(pipe.vae.config.scaling_factor) and info["scaling_factor"] > 0
+    assert all(np.isfinite(info["vae_loss"] + info["unet_loss"]))
+    # the tokenizer knows the report vocabulary: report words are not spelled out byte by byte
+    assert len(pipe.tokenizer.tokenize("pleural effusion")) <= 4
+    # LoRA trained on report captions of the same images, a measured share of the UNet
+    assert history["captions"]["n"] == len(frontal_train)
+    assert 0 < history["trainable"]["unet"]["share"] < 0.2
+    # asked again with the same data and config: the saved model is reused, not retrained
+    stamp = (base / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    assert pretrain_base_model(records, base.parent, CONFIG.base, progress=False) == base
+    assert (base / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_random_crops_follow_seed_and_epoch_and_never_flip(tmp_path):
+    path = tmp_path / "wide.png"
+    ramp = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (40, 1))   # 40 x 64, brighter to the right
+    Image.fromarray(ramp).save(path)
+    rec = pd.DataFrame([{"dataset": "x", "subject_id": "10000001", "study_id": "50000001", "image_id": "a",
+                         "view": "PA", "path": str(path), "split": "train", "findings": "", "impression": "Clear."}])
+    data = CaptionedImages(rec, 32, seed=3)
+    crops = []
+    for epoch in range(6):
+        data.set_epoch(epoch)
+        crops.append(data[0]["pixel_values"])
+    data.set_epoch(0)
+    assert torch.equal(data[0]["pixel_values"], crops[0])                 # a function of (seed, epoch, item)
+    assert len({round(float(c[0, 0, 0]), 4) for c in crops}) > 1          # different windows across epochs
+    for c in crops:
+        assert c.shape == (1, 32, 32) and -1 <= float(c.min()) and float(c.max()) <= 1
+        assert bool((c[0, :, 1:] >= c[0, :, :-1] - 1e-6).all())           # still brighter to the right
+    assert data[0]["caption"] == "view_position = PA. modality = CR. Clear."
+
+
+def test_sampling_writes_a_resumable_dataset_of_prompts_reports_and_requested_labels(records, trained, tmp_path):
+    base, lora, _ = trained
+    plan = pd.concat([plan_from_reports(records, PromptConfig(source="reports", num_prompts=2)),
+                      plan_for_findings(PromptConfig(source="findings", finding_mix={"Pleural Effusion": 1}))],
+                     ignore_index=True)
+    root = tmp_path / "synthetic"
+    first = sample_to_dataset(base, lora, plan, root, SAMPLING, progress=False)
+    assert (first["generated"], first["present"], first["requested"]) == (len(plan), 0, len(plan))
+    again = sample_to_dataset(base, lora, plan, root, SAMPLING, progress=False)
+    assert (again["generated"], again["present"]) == (0, len(plan))
+
+    back, summary = load_dataset("mimic-cxr-jpg", root)
+    assert len(back) == len(plan) and summary.n_skipped == 0
+    prov = pd.read_csv(root / "provenance.csv", dtype=str, keep_default_na=False).set_index("dicom_id")
+    back = back.assign(seed=[int(prov.loc[i, "seed"]) for i in back["image_id"]]).sort_values("seed")
+    assert list(back["seed"]) == list(range(SAMPLING.base_seed, SAMPLING.base_seed + len(plan)))
+    tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
+    fitted = [fit_caption(prompt, tokenizer) for prompt in plan["prompt"]]
+    assert first["prompts_truncated"] == sum(t for _, t in fitted)
+    for (_, row), (_, asked), (prompt, truncated) in zip(back.iterrows(), plan.iterrows(), fitted):
+        p = prov.loc[row["image_id"]]
+        # the prompt as the text encoder read it: cut to the token limit when longer
+        assert p["prompt"] == prompt and p["prompt_truncated"] == str(truncated) and asked["prompt"].startswith(prompt)
+        assert p["sampler"] == "ddim" and p["requested"] == asked["requested"]
+        assert p["checkpoint_sha256"] == first["checkpoint_sha256"] != p["base_model_sha256"]
+        assert row["view"] == asked["view"] and row["split"] == "train"
+        for name in CHEXPERT_LABELS:                                    # the requested labels, as asked
+            assert (np.isnan(row[name]) and np.isnan(asked[name])) or row[name] == asked[name], name
+        sections = parse_sections(asked["report"])                     # the report it came from
+        assert (row["findings"], row["impression"]) == (sections.get("findings", ""), sections["impression"])
+    with pytest.raises(ValueError, match="another prompt plan"):
+        sample_to_dataset(base, lora, plan.iloc[:1], root, SAMPLING, progress=False)
+
+
+def test_before_after_images_and_finding_rates(records, trained, tmp_path):
+    base, lora, _ = trained
+    plan = plan_for_findings(PromptConfig(source="findings", finding_mix={"Pleural Effusion": 2, "No Finding": 2}))
+    pair = before_after(base, lora, list(plan["prompt"]), cfg=SAMPLING, progress=False)
+    assert pair["before"].shape == pair["after"].shape == (4, 32, 32) and pair["seeds"] == [0, 1, 2, 3]
+    assert pair["mean_abs_change"] > 0 and not np.array_equal(pair["before"], pair["after"])
+
+    classifier = reference_classifier(records, tmp_path / "reference", ReferenceEncoderConfig(
+        width=8, blocks=(1, 1), image_size=32, epochs=1, batch_size=8, val_fraction=0.3, device="cpu"))
+    findings = ["Pleural Effusion", "No Finding"]
+    rates = finding_rates(classifier, {"before": pair["before"], "after": pair["after"]}, plan, findings=findings)
+    assert list(rates["set"]) == ["before", "before", "after", "after"] and list(rates["finding"]) == findings * 2
+    assert (rates["n_requested"] == 2).all() and (rates["n_not_requested"] == 2).all()
+    scores = classifier.predict_proba(torch.from_numpy(pair["after"])[:, None]).numpy()
+    j = classifier.label_names.index("Pleural Effusion")
+    row = rates[(rates["set"] == "after") & (rates["finding"] == "Pleural Effusion")].iloc[0]
+    assert row["positive_rate_requested"] == pytest.approx(float((scores[:2, j] > 0.5).mean()))
+    assert row["mean_score_not_requested"] == pytest.approx(float(scores[2:, j].mean()), rel=1e-5)
+    assert 0.0 <= row["auroc"] <= 1.0
+
+
+def test_notebook_figures_and_summary(trained):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from support.t2i.figures import plot_before_after, plot_training, training_summary
+
+    base, lora, history = trained
+    summary = training_summary(history)
+    assert summary["updates"] == CONFIG.train.max_steps and summary["steps_per_s"] > 0
+    assert summary["trainable_parameters"] == history["trainable"]["unet"]["trainable"] > 0
+    assert summary["trainable_share_unet"] == history["trainable"]["unet"]["share"]
+    assert 0 <= summary["captions_truncated_share"] <= 1
+    assert len(plot_training(history).axes) == 1
+    pair = {"before": np.zeros((3, 8, 8)), "after": np.ones((3, 8, 8)), "prompts": ["view_position = PA. a"] * 3}
+    assert len(plot_before_after(pair, n=2).axes) == 4
