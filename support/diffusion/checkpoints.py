@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from support.io import load_state_dict, read_json, save_state_dict, write_json_atomic
+from support.io import atomic_directory, load_state_dict, read_json, save_state_dict, write_json_atomic
 
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 STATE_JSON = "state.json"   # written last: its presence marks a complete checkpoint
@@ -56,7 +56,7 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
 
 
 # ------------------------------------------------------------------------------------ optimizer
-def _optimizer_to_files(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_to_files(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors, scalars = {}, {}
     for pid, per_param in state["state"].items():
         for key, value in per_param.items():
@@ -67,7 +67,7 @@ def _optimizer_to_files(state: dict) -> tuple[dict[str, torch.Tensor], dict[str,
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict:
+def optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict:
     state: dict[int, dict[str, Any]] = {}
     for name, value in list(tensors.items()) + list(meta["scalars"].items()):
         pid, key = name.split(".", 1)
@@ -119,13 +119,8 @@ def save_checkpoint(root: str | os.PathLike, step: int, *, model: torch.nn.Modul
     under the parameter names, so ``ema.safetensors`` loads straight into the network);
     ``rng_states`` one :func:`rng_state` result per process, in rank order.
     """
-    root = Path(root)
-    final = root / f"checkpoint-{int(step):08d}"
-    tmp = root / f".tmp-checkpoint-{int(step):08d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    final = Path(root) / f"checkpoint-{int(step):08d}"
+    with atomic_directory(final) as tmp:
         names = [n for n, _ in model.named_parameters()]
         save_state_dict(model.state_dict(), tmp / "model.safetensors")
         ema_state = ema.state_dict()
@@ -133,7 +128,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, *, model: torch.nn.Modul
         if len(shadow) != len(names):
             raise ValueError(f"EMA holds {len(shadow)} tensors but the model has {len(names)} parameters")
         save_state_dict(dict(zip(names, shadow)), tmp / "ema.safetensors")
-        opt_tensors, opt_meta = _optimizer_to_files(optimizer.state_dict())
+        opt_tensors, opt_meta = optimizer_to_files(optimizer.state_dict())
         save_state_dict(opt_tensors, tmp / "optimizer.safetensors")
         rng_tensors = {f"rank{r}.{k}": v for r, (t, _) in enumerate(rng_states) for k, v in t.items()}
         if rng_tensors:
@@ -149,16 +144,6 @@ def save_checkpoint(root: str | os.PathLike, step: int, *, model: torch.nn.Modul
             **(extra or {}),
         }
         write_json_atomic(tmp / STATE_JSON, state)
-        if final.exists():  # the same step saved again (e.g. a session stopped and resumed on it)
-            trash = root / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -192,7 +177,7 @@ def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, ema, opt
     ema.load_state_dict({**state["ema"], "shadow_params": [shadow[n].to(device) for n in names]})
 
     opt_tensors = load_state_dict(path / "optimizer.safetensors")
-    optimizer.load_state_dict(_optimizer_from_files(opt_tensors, state["optimizer"]))
+    optimizer.load_state_dict(optimizer_from_files(opt_tensors, state["optimizer"]))
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     if scaler is not None and state.get("grad_scaler"):
         scaler.load_state_dict(state["grad_scaler"])

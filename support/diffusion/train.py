@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import shutil
 import socket
 import sys
 import time
@@ -160,17 +159,11 @@ def save_pipeline(unet, noise_scheduler, path: str | os.PathLike) -> Path:
     """
     from diffusers import DDPMPipeline
 
+    from support.io import atomic_directory
+
     path = Path(path)
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(tmp, safe_serialization=True)
-    if path.exists():
-        old = path.parent / f".old-{path.name}-{os.getpid()}"
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, path)
+    with atomic_directory(path) as tmp:
+        DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(tmp, safe_serialization=True)
     return path
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -140,22 +139,11 @@ def build_sd21_base(tokenizer, device: str | torch.device | None = None, dtype: 
 # ------------------------------------------------------------------ files
 def save_pipeline(pipe, path: str | os.PathLike) -> Path:
     """Write ``pipe`` as a diffusers folder (safetensors), swapped in whole: never half-written."""
+    from support.io import atomic_directory
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_directory(path) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        if path.exists():
-            old = path.parent / f".old-{path.name}-{os.getpid()}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

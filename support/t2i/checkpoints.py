@@ -11,22 +11,21 @@ renamed into place, ``state.json`` written last.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 from support.diffusion.checkpoints import (  # noqa: F401  (re-exported for callers of this module)
     STATE_JSON,
-    _optimizer_from_files,
-    _optimizer_to_files,
     checkpoint_step,
     latest_checkpoint,
+    optimizer_from_files,
+    optimizer_to_files,
     list_checkpoints,
     prune_checkpoints,
     rng_state,
     set_rng_state,
 )
-from support.io import load_state_dict, read_json, save_state_dict, write_json_atomic
+from support.io import atomic_directory, load_state_dict, read_json, save_state_dict, write_json_atomic
 from support.t2i.lora import load_peft_state_dicts, peft_state_dicts, save_lora_weights
 
 FORMAT = "support.t2i.lora-checkpoint/1"
@@ -37,15 +36,11 @@ def save_lora_checkpoint(root: str | os.PathLike, step: int, *, unet, text_encod
                          optimizer, lr_scheduler, scaler=None, rng_states: Sequence[tuple[dict, dict]] = (),
                          extra: dict[str, Any] | None = None) -> Path:
     """Write ``root/checkpoint-<step>`` atomically and return it (unwrapped models)."""
-    root = Path(root)
-    final = root / f"checkpoint-{int(step):08d}"
-    tmp = root / f".tmp-checkpoint-{int(step):08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    final = Path(root) / f"checkpoint-{int(step):08d}"
+    with atomic_directory(final) as tmp:
         save_state_dict(peft_state_dicts(unet, text_encoder, with_text_encoder), tmp / PEFT_WEIGHTS)
         save_lora_weights(tmp, unet, text_encoder, with_text_encoder)
-        opt_tensors, opt_meta = _optimizer_to_files(optimizer.state_dict())
+        opt_tensors, opt_meta = optimizer_to_files(optimizer.state_dict())
         save_state_dict(opt_tensors, tmp / "optimizer.safetensors")
         rng_tensors = {f"rank{r}.{k}": v for r, (t, _) in enumerate(rng_states) for k, v in t.items()}
         if rng_tensors:
@@ -55,16 +50,6 @@ def save_lora_checkpoint(root: str | os.PathLike, step: int, *, unet, text_encod
             "lr_scheduler": lr_scheduler.state_dict(),
             "grad_scaler": scaler.state_dict() if scaler is not None else None,
             "rng": [meta for _, meta in rng_states], **(extra or {})})
-        if final.exists():  # the same step saved again (a run stopped and resumed on it)
-            trash = root / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -89,7 +74,7 @@ def load_lora_checkpoint(path: str | os.PathLike, *, unet, text_encoder, optimiz
     path = Path(path)
     state = checkpoint_state(path)
     load_peft_state_dicts(load_state_dict(path / PEFT_WEIGHTS), unet, text_encoder, where=str(path / PEFT_WEIGHTS))
-    optimizer.load_state_dict(_optimizer_from_files(load_state_dict(path / "optimizer.safetensors"),
+    optimizer.load_state_dict(optimizer_from_files(load_state_dict(path / "optimizer.safetensors"),
                                                     state["optimizer"]))
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     if scaler is not None and state.get("grad_scaler"):
