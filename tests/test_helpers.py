@@ -118,3 +118,19 @@ def test_run_dirs(tmp_path):
     with pytest.raises(FileExistsError, match="already exists"):
         create_run_dir(tmp_path, "a")
     assert run_paths(paths.root).root == paths.root
+
+
+def test_atomic_directory_swaps_whole_folders_and_leaves_nothing_on_failure(tmp_path):
+    final = tmp_path / "ckpt"
+    with io.atomic_directory(final) as tmp:
+        (tmp / "a.txt").write_text("1")
+        assert not final.exists()  # invisible until complete
+    assert (final / "a.txt").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with io.atomic_directory(final) as tmp:
+            (tmp / "a.txt").write_text("2")
+            raise RuntimeError("killed mid-save")
+    assert (final / "a.txt").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    with io.atomic_directory(final) as tmp:
+        (tmp / "b.txt").write_text("3")
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]  # replaced whole
