@@ -209,17 +209,19 @@ SAMPLING_PROFILES: dict[str, SamplingConfig] = {
 }
 
 
-def _merge(base: dict, overrides: Mapping[str, Any], where: str) -> dict:
+def merge_overrides(base: dict, overrides: Mapping[str, Any], where: str = "", opaque: tuple[str, ...] = ()) -> dict:
+    """``base`` with nested ``overrides`` applied; keys in ``opaque`` are replaced whole, not merged."""
     out = copy.deepcopy(base)
     for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value, f"{where}.{key}")
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key not in opaque:
+            out[key] = merge_overrides(out[key], value, f"{where}.{key}", opaque)
         else:
             out[key] = value
     return out
 
 
-def _profile(table: dict, profile: str, what: str):
+def preset(table: dict, profile: str, what: str):
+    """The named profile of ``table``; an unknown name is an error listing the known ones."""
     if profile not in table:
         raise ParameterError(f"{what} profile {profile!r}: expected one of {sorted(table)}")
     return table[profile]
@@ -228,15 +230,15 @@ def _profile(table: dict, profile: str, what: str):
 def ddpm_config(profile: str = "quick", overrides: Mapping[str, Any] | None = None,
                 source: str = "DDPM parameters") -> DDPMConfig:
     """The named profile with ``overrides`` (nested mapping: unet/noise/train) applied and checked."""
-    base = to_dict(_profile(PROFILES, profile, "DDPM"))
-    merged = _merge(base, overrides or {}, "ddpm")
+    base = to_dict(preset(PROFILES, profile, "DDPM"))
+    merged = merge_overrides(base, overrides or {}, "ddpm")
     return from_mapping(DDPMConfig, merged, source=source).validate()
 
 
 def sampling_config(profile: str = "quick", overrides: Mapping[str, Any] | None = None,
                     source: str = "sampling parameters") -> SamplingConfig:
     """The named sampling profile with flat ``overrides`` applied and checked."""
-    base = to_dict(_profile(SAMPLING_PROFILES, profile, "sampling"))
+    base = to_dict(preset(SAMPLING_PROFILES, profile, "sampling"))
     return from_mapping(SamplingConfig, {**base, **dict(overrides or {})}, source=source).validate()
 
 

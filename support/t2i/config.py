@@ -10,12 +10,12 @@ pretrained on the phantom with captions that name only the view.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import string
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
+from support.diffusion.config import merge_overrides, preset
 from support.params import ParameterError, from_mapping, to_dict
 
 SamplerName = Literal["pndm", "ddim", "dpmsolver++"]
@@ -356,40 +356,24 @@ PROMPT_PROFILES: dict[str, PromptConfig] = {
 }
 
 
-def _merge(base: dict, overrides: Mapping[str, Any]) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key != "finding_mix":
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _profile(table: dict, profile: str, what: str):
-    if profile not in table:
-        raise ParameterError(f"{what} profile {profile!r}: expected one of {sorted(table)}")
-    return table[profile]
-
-
 def t2i_config(profile: str = "quick", overrides: Mapping[str, Any] | None = None,
                source: str = "T2I-LoRA parameters") -> T2IConfig:
     """The named profile with ``overrides`` (nested mapping: lora/train/base) applied and checked."""
-    merged = _merge(to_dict(_profile(PROFILES, profile, "T2I-LoRA")), overrides or {})
+    merged = merge_overrides(to_dict(preset(PROFILES, profile, "T2I-LoRA")), overrides or {}, "t2i", opaque=("finding_mix",))
     return from_mapping(T2IConfig, merged, source=source).validate()
 
 
 def t2i_sampling_config(profile: str = "quick", overrides: Mapping[str, Any] | None = None,
                         source: str = "T2I sampling parameters") -> T2ISamplingConfig:
     """The named sampling profile with flat ``overrides`` applied and checked."""
-    merged = {**to_dict(_profile(SAMPLING_PROFILES, profile, "T2I sampling")), **dict(overrides or {})}
+    merged = {**to_dict(preset(SAMPLING_PROFILES, profile, "T2I sampling")), **dict(overrides or {})}
     return from_mapping(T2ISamplingConfig, merged, source=source).validate()
 
 
 def prompt_config(profile: str = "quick", overrides: Mapping[str, Any] | None = None,
                   source: str = "prompt parameters") -> PromptConfig:
     """The named prompt profile with flat ``overrides`` applied and checked."""
-    merged = {**to_dict(_profile(PROMPT_PROFILES, profile, "prompt")), **dict(overrides or {})}
+    merged = {**to_dict(preset(PROMPT_PROFILES, profile, "prompt")), **dict(overrides or {})}
     return from_mapping(PromptConfig, merged, source=source).validate()
 
 
