@@ -112,8 +112,11 @@ def _png(array: np.ndarray) -> bytes:
 
 def _worker_init() -> None:
     import cv2
+    from threadpoolctl import threadpool_limits
 
-    cv2.setNumThreads(1)   # one process per core; no oversubscription, same results
+    # one process per core: OpenCV and BLAS threads inside it would only contend
+    cv2.setNumThreads(1)
+    threadpool_limits(1)
 
 
 def render_task(task: dict) -> dict:
@@ -177,10 +180,25 @@ def _tasks(config: PhantomConfig, writer: MimicLayoutWriter, studies: list[dict]
 
 def _run(tasks: list[dict], workers: int) -> Iterator[dict]:
     if workers <= 1:
-        _worker_init()
-        for t in tasks:
-            yield render_task(t)
+        import cv2
+        from threadpoolctl import threadpool_limits
+
+        # in this process: same limits as a worker, restored afterwards for the caller
+        cv2_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            with threadpool_limits(1):
+                for t in tasks:
+                    yield render_task(t)
+        finally:
+            cv2.setNumThreads(cv2_threads)
         return
+    # import the worker's modules once here: forked workers inherit them instead of each
+    # paying the import (pandas via the labeler) on its first task
+    import support.data.labeler  # noqa: F401
+    import support.data.reports  # noqa: F401
+    import support.phantom.render  # noqa: F401
+
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(), initializer=_worker_init) as ex:
         yield from ex.map(render_task, tasks, chunksize=2)
 

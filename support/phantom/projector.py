@@ -210,11 +210,16 @@ class Projector:
         self.n = geom.size
         self._views: dict[tuple[int, float], tuple] = {}
         self._intervals: dict[int, tuple] = {}
+        self._mags: dict[bytes, float] = {}
 
     # ------------------------------------------------------------------ regions
     def _view(self, shape, ref: np.ndarray):
         point = shape.ref_point if shape.ref_point is not None else ref
-        M = float(self.geom.magnification(point)[0])
+        # most lookups are cache hits: key the magnification on the point's bytes
+        pk = np.asarray(point, float).tobytes()
+        M = self._mags.get(pk)
+        if M is None:
+            M = self._mags[pk] = float(self.geom.magnification(point)[0])
         key = (id(shape), M)
         hit = self._views.get(key)
         if hit is None or hit[0] is not shape:
