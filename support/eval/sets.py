@@ -38,6 +38,24 @@ def frontal_images(records: pd.DataFrame, size: int, split: str | None = None,
     return ImageDataset(chosen.reset_index(drop=True), size=size, value_range=(0.0, 1.0))
 
 
+def real_reference_encoder(records: pd.DataFrame, cache_root: str | os.PathLike, config=None,
+                           fingerprint: str | None = None):
+    """The reference encoder/classifier of a run: trained on the real frontal training split,
+    held-out AUROC on the validate split (or on held-out patients when there is none), cached
+    under ``cache_root`` by dataset fingerprint and config, so every notebook that asks with the
+    same config (01 for finding rates, 06 for the evaluation) trains it once."""
+    from support.eval.reference_encoder import ReferenceEncoderConfig, reference_encoder_for
+
+    config = config or ReferenceEncoderConfig()
+    train = frontal_images(records, config.image_size, "train")
+    if len(train) < 4:
+        raise ValueError(f"reference encoder: {len(train)} real frontal training image(s); need at least 4")
+    val = frontal_images(records, config.image_size, "validate")
+    return reference_encoder_for(train, cache_root, config, fingerprint=fingerprint,
+                                 groups=list(train.records["subject_id"]) if "subject_id" in train.records else None,
+                                 val_dataset=val if len(val) else None, name="real train")
+
+
 def load_set(root: str | os.PathLike, size: int) -> tuple[ImageDataset, pd.DataFrame | None]:
     """A synthetic set's images, and the finding labels it was asked for when it records any."""
     records, _ = load_dataset("mimic-cxr-jpg", root, reports="auto")

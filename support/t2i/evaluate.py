@@ -63,21 +63,14 @@ def records_fingerprint(records: pd.DataFrame) -> str:
 
 
 def reference_classifier(records: pd.DataFrame, cache_root: str | os.PathLike, config=None,
-                         views: Sequence[str] = ("PA", "AP"), split: str = "train"):
-    """The reference encoder/classifier trained on the real ``split`` (frontal views by default),
-    held-out AUROC measured on whole patients; cached under ``cache_root``."""
-    from support.data.datasets import ImageDataset, ImageOptions
-    from support.eval.reference_encoder import ReferenceEncoderConfig, reference_encoder_for
+                         fingerprint: str | None = None):
+    """The reference classifier trained on the real frontal training split: the same cached model
+    06_evaluation uses when asked with the same config and fingerprint
+    (:func:`support.eval.sets.real_reference_encoder`)."""
+    from support.eval.sets import real_reference_encoder
 
-    config = config or ReferenceEncoderConfig()
-    chosen = records[records["split"] == split]
-    if chosen.empty:
-        raise ValueError(f"reference classifier: no record of split {split!r}")
-    dataset = ImageDataset(chosen, ImageOptions(size=config.image_size, channels=1), views=views)
-    if len(dataset) < 4:
-        raise ValueError(f"reference classifier: {len(dataset)} {split} image(s) of views {list(views)}; need at least 4")
-    return reference_encoder_for(dataset, cache_root, config, fingerprint=records_fingerprint(dataset.records),
-                                 groups=list(dataset.records["subject_id"]), name=f"{split} split")
+    return real_reference_encoder(records, cache_root, config,
+                                  fingerprint=fingerprint or records_fingerprint(records))
 
 
 def requested_matrix(plan: pd.DataFrame, findings: Sequence[str]) -> np.ndarray:
