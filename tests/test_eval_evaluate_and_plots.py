@@ -96,6 +96,12 @@ def test_encoder_mismatch_is_an_error(evaluation):
         evaluate_set(np.zeros((10, 32, 32), np.float32), real, Other())
 
 
+def test_a_set_too_small_for_the_neighbours_is_named(evaluation):
+    encoder, real, _ = evaluation
+    with pytest.raises(ValueError, match=r"synthetic set 'tiny': 5 image\(s\).*k = 5"):
+        evaluate_set(np.zeros((5, 32, 32), np.float32), real, encoder, name="tiny")
+
+
 def test_precision_recall_figure(evaluation, tmp_path):
     _, _, table = evaluation
     fig = plots.plot_precision_recall(table)

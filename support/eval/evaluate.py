@@ -89,6 +89,9 @@ def evaluate_set(synthetic: Any, real: RealReference | Any, encoder: FeatureEnco
     if ref.encoder_name != encoder.name:
         raise ValueError(f"the real reference was embedded with {ref.encoder_name}, not {encoder.name}")
     synth = _capped(synthetic, name, config.max_images, config.seed)
+    if len(synth) <= config.k:
+        raise ValueError(f"synthetic set {name!r}: {len(synth)} image(s); the evaluation needs more than "
+                         f"k = {config.k} (nearest neighbours of precision/recall/density/coverage)")
     feats = embed_set(encoder, synth, config.batch_size, name=name)
     row: dict[str, Any] = {"set": name, "n_synthetic": len(synth), "n_real": len(ref.images),
                            "feature_space": encoder.name}
