@@ -149,7 +149,7 @@ def test_text_encoder_lora_with_min_snr_and_noise_offset_round_trips(base, tmp_p
 def test_sd21_structure_with_an_rgb_autoencoder_through_the_benchmark(base):
     """SD 2.1-base's written-out configs, narrowed: RGB VAE at /8, four UNet levels with per-level
     heads and linear projections; LoRA training and sampling as the benchmark times them."""
-    from support.benchmarks.lora import sampling_rate, training_rate
+    from support.benchmarks.lora import full_finetune_rate, sampling_rate, training_rate
     from support.t2i.base_model import SD21_BASE_TEXT_ENCODER, SD21_BASE_UNET, SD21_BASE_VAE, build_pipeline
 
     tokenizer = load_pipeline(base, device="cpu", dtype="fp32").tokenizer
@@ -165,6 +165,12 @@ def test_sd21_structure_with_an_rgb_autoencoder_through_the_benchmark(base):
     train = training_rate(pipe, CONFIG, batch_size=2, updates=2, warmup=1, resolution=64)
     assert train["updates_per_s"] > 0 and train["images_per_s"] == pytest.approx(2 * train["updates_per_s"])
     assert 0 < train["trainable"]["unet"]["share"] < 0.2
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    full = full_finetune_rate(pipe, batch_size=2, updates=2, warmup=1, resolution=64)
+    assert full["updates_per_s"] > 0 and full["trainable_parameters"] == sum(p.numel() for p in pipe.unet.parameters())
+    assert full["trainable_parameters"] > train["trainable"]["unet"]["trainable"]
+    # the peer trains a copy: the pipeline's own UNet is untouched
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
     sample = sampling_rate(pipe, images=2, batch_size=2, steps=2, guidance_scale=4.0, sampler="dpmsolver++",
                            resolution=64)
     assert sample["images_per_s"] > 0

@@ -8,7 +8,8 @@ updates dropped) and sampled by :func:`support.t2i.sampling.generate_images` wit
 sampler, steps and guidance. With CUDA, the same for Stable Diffusion 2.1-base's architecture
 built from its configs with random weights: 512 px, batch 5, fp16, LoRA rank 4, and sampling at
 75 PNDM steps with guidance 4, batch 5, with the peak GPU memory of each (the original reports
-about 4.5 s per image on its GPU).
+about 4.5 s per image on its GPU). The peer in the same run is full fine-tuning of the UNet,
+what LoRA replaces: updates/s and, on CUDA, peak memory of both.
 """
 
 from __future__ import annotations
@@ -71,6 +72,57 @@ def training_rate(pipe, config, batch_size: int, updates: int, warmup: int, reso
     return out
 
 
+def full_finetune_rate(pipe, batch_size: int, updates: int, warmup: int, resolution: int) -> dict[str, Any]:
+    """The peer LoRA replaces: every UNet weight trained (AdamW, fp32 master weights, fp16 autocast
+    on CUDA), on a copy of the UNet; each update encodes images and captions as ``train_lora`` does."""
+    import copy
+
+    from diffusers import DDPMScheduler
+
+    device = pipe.device
+    amp = device.type == "cuda"
+    unet = copy.deepcopy(pipe.unet).float().train().requires_grad_(True)
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-5, weight_decay=1e-2)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    channels = int(pipe.vae.config.in_channels)
+    scaling = float(pipe.vae.config.scaling_factor)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    ids = pipe.tokenizer(["view_position = PA. modality = CR. Moderate right pleural effusion."] * batch_size,
+                         padding="max_length", truncation=True, max_length=pipe.tokenizer.model_max_length,
+                         return_tensors="pt").input_ids.to(device)
+    if amp:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for step in range(warmup + updates):
+        x = (torch.rand(batch_size, channels, resolution, resolution, generator=g) * 2 - 1).to(device, pipe.vae.dtype)
+        if amp:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.no_grad():
+            latents = pipe.vae.encode(x).latent_dist.sample() * scaling
+            hidden = pipe.text_encoder(ids)[0]
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), device=device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            pred = unet(noise_scheduler.add_noise(latents, noise, t).float(), t, hidden.float()).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        if amp:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    seconds = sum(times[warmup:])
+    out = {"updates_per_s": updates / seconds, "images_per_s": batch_size * updates / seconds,
+           "batch_size": batch_size, "resolution": resolution, "updates_timed": updates,
+           "trainable_parameters": sum(p.numel() for p in unet.parameters())}
+    if amp:
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    del unet, opt
+    return out
+
+
 def sampling_rate(pipe, images: int, batch_size: int, steps: int, guidance_scale: float, sampler: str,
                   resolution: int) -> dict[str, Any]:
     """Images/s of ``generate_images`` (one warm-up batch first, not timed)."""
@@ -107,9 +159,10 @@ def bench_profile(profile: str, updates: int, warmup: int, images: int) -> dict[
     resolution = pipeline_resolution(pipe)
     pipe.set_progress_bar_config(disable=True)
     train = training_rate(pipe, config, config.train.batch_size, updates, warmup, resolution)
+    full = full_finetune_rate(pipe, config.train.batch_size, updates, warmup, resolution)
     sample = sampling_rate(pipe, images, sampling.batch_size, sampling.steps, sampling.guidance_scale,
                            sampling.sampler, resolution)
-    return {"device": "cpu", "training": train, "sampling": sample}
+    return {"device": "cpu", "training": train, "full_finetune": full, "sampling": sample}
 
 
 def bench_sd21(updates: int, warmup: int, images: int) -> dict[str, Any]:
@@ -123,9 +176,10 @@ def bench_sd21(updates: int, warmup: int, images: int) -> dict[str, Any]:
     pipe = build_sd21_base(_tokenizer(8192), device="cuda", dtype=torch.float16)
     pipe.set_progress_bar_config(disable=True)
     train = training_rate(pipe, config, config.train.batch_size, updates, warmup, 512)
+    full = full_finetune_rate(pipe, config.train.batch_size, updates, warmup, 512)
     sample = sampling_rate(pipe, images, config.train.batch_size, sampling.steps, sampling.guidance_scale,
                            sampling.sampler, 512)
-    return {"device": torch.cuda.get_device_name(0), "training": train, "sampling": sample}
+    return {"device": torch.cuda.get_device_name(0), "training": train, "full_finetune": full, "sampling": sample}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{q['training']['trainable']['unet']['share']:.3%}); sampling {q['sampling']['images_per_s']:.2f} "
           f"images/s ({q['sampling']['sampler']}, {q['sampling']['steps']} steps, guidance "
           f"{q['sampling']['guidance_scale']})")
+    f = q["full_finetune"]
+    print(f"  peer, full UNet fine-tuning ({f['trainable_parameters']:,} trainable): {f['updates_per_s']:.2f} updates/s; "
+          f"LoRA is {q['training']['updates_per_s'] / f['updates_per_s']:.2f}x its speed")
     if args.no_sd21:
         result["sd21_base"] = {"skipped": "--no-sd21"}
     elif not torch.cuda.is_available():
@@ -170,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
               f"at batch 5, peak {s['training']['peak_memory_gib']:.1f} GiB, trainable share of the UNet "
               f"{s['training']['trainable']['unet']['share']:.3%}; sampling {s['sampling']['seconds_per_image']:.2f} "
               f"s/image (75 PNDM steps, guidance 4, batch 5), peak {s['sampling']['peak_memory_gib']:.1f} GiB")
+        f = s["full_finetune"]
+        print(f"  peer, full UNet fine-tuning: {f['updates_per_s']:.2f} updates/s, peak {f['peak_memory_gib']:.1f} GiB; "
+              f"LoRA is {s['training']['updates_per_s'] / f['updates_per_s']:.2f}x its speed at "
+              f"{s['training']['peak_memory_gib'] / f['peak_memory_gib']:.2f}x its memory")
     if args.out:
         from support.io import write_json_atomic
 
