@@ -48,3 +48,24 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     index = (root / "index.html").read_text()
     for p in PATHS:
         assert (root / "html" / f"{p.stem}.html").exists() and f"html/{p.stem}.html" in index
+
+    # 01: the LoRA run of the test profile, loadable weights, measured before/after
+    lora = json.loads((root / "metrics" / "01_lora_t2i.json").read_text())
+    assert lora["updates"] == 4 and 0 < lora["trainable_share_unet"] < 0.2
+    assert (Path(lora["lora_weights"]) / "pytorch_lora_weights.safetensors").is_file()
+    assert lora["mean_abs_change"] > 0 and lora["before_after_prompts"] == 4
+    assert set(lora["positive_rate_requested"]) == {f"{s}:{f}" for s in ("before", "after")
+                                                    for f in ("Pleural Effusion", "No Finding")}
+    # 04: the report-conditioned set, with the prompt and requested labels of each image
+    sampling = json.loads((root / "metrics" / "04_sampling.json").read_text())
+    t2i_root = Path(sampling["t2i_set"])
+    assert sampling["t2i_n_samples"] == 6 and t2i_root.parent == root / "samples"
+    import pandas as pd
+
+    prov = pd.read_csv(t2i_root / "provenance.csv", dtype=str, keep_default_na=False)
+    assert len(prov) == 6 and prov["prompt"].str.startswith("view_position = ").all()
+    assert sorted(prov["requested"]) == ["No Finding"] * 3 + ["Pleural Effusion"] * 3
+    # 06 judged both synthetic sets, conditional fidelity where findings were requested
+    evaluation = json.loads((root / "metrics" / "06_evaluation.json").read_text())
+    name = t2i_root.name
+    assert f"{name}.fd" in evaluation and f"{name}.cond_auroc_mean" in evaluation

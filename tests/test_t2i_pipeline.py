@@ -124,7 +124,7 @@ def test_sampling_writes_a_resumable_dataset_of_prompts_reports_and_requested_la
         sample_to_dataset(base, lora, plan.iloc[:1], root, SAMPLING, progress=False)
 
 
-def test_before_after_images_and_finding_rates(records, trained, tmp_path):
+def test_before_after_images_and_finding_rates(records, trained, tmp_path, monkeypatch):
     base, lora, _ = trained
     plan = plan_for_findings(PromptConfig(source="findings", finding_mix={"Pleural Effusion": 2, "No Finding": 2}))
     pair = before_after(base, lora, list(plan["prompt"]), cfg=SAMPLING, progress=False)
@@ -144,12 +144,22 @@ def test_before_after_images_and_finding_rates(records, trained, tmp_path):
     assert row["mean_score_not_requested"] == pytest.approx(float(scores[2:, j].mean()), rel=1e-5)
     assert 0.0 <= row["auroc"] <= 1.0
 
+    # 06_evaluation asks for the same classifier (same records, config, cache): loaded, not retrained
+    from support.eval import reference_encoder as ref
+    from support.eval.sets import real_reference_encoder
+    from support.t2i.evaluate import records_fingerprint
+
+    monkeypatch.setattr(ref, "train_reference_encoder", lambda *a, **k: pytest.fail("retrained"))
+    again = real_reference_encoder(records, tmp_path / "reference", classifier.config,
+                                   fingerprint=records_fingerprint(records))
+    assert torch.allclose(again.predict_proba(torch.from_numpy(pair["after"])[:, None]), torch.from_numpy(scores), atol=1e-6)
+
 
 def test_notebook_figures_and_summary(trained):
     import matplotlib
 
     matplotlib.use("Agg")
-    from support.t2i.figures import plot_before_after, plot_training, training_summary
+    from support.t2i.figures import plot_before_after, plot_finding_rates, plot_training, training_summary
 
     base, lora, history = trained
     summary = training_summary(history)
@@ -160,3 +170,12 @@ def test_notebook_figures_and_summary(trained):
     assert len(plot_training(history).axes) == 1
     pair = {"before": np.zeros((3, 8, 8)), "after": np.ones((3, 8, 8)), "prompts": ["view_position = PA. a"] * 3}
     assert len(plot_before_after(pair, n=2).axes) == 4
+    titled = plot_before_after({**pair, "titles": ["Pleural Effusion", "No Finding", "x"]}, n=2)
+    assert [ax.get_title() for ax in titled.axes[:2]] == ["Pleural Effusion", "No Finding"]
+    rates = pd.DataFrame({"set": ["before", "after"], "finding": ["Pleural Effusion"] * 2,
+                          "positive_rate_requested": [0.1, 0.6], "positive_rate_not_requested": [0.2, 0.1]})
+    fig = plot_finding_rates(rates)
+    heights = sorted(round(p.get_height(), 3) for ax in fig.axes for p in ax.patches if p.get_height() > 0)
+    assert len(fig.axes) == 2 and heights == [0.1, 0.1, 0.2, 0.6]
+    with pytest.raises(KeyError, match="positive_rate_not_requested"):
+        plot_finding_rates(rates.drop(columns="positive_rate_not_requested"))

@@ -57,7 +57,8 @@ def plot_training(history: Mapping[str, Any]):
 
 
 def plot_before_after(pair: Mapping[str, Any], n: int = 6, prompt_chars: int = 70):
-    """The same prompts and seeds without (top) and with LoRA (bottom), prompt under each column."""
+    """The same prompts and seeds without (top) and with LoRA (bottom), prompt under each column
+    and, when ``pair["titles"]`` is given (e.g. the requested finding), a title over it."""
     import matplotlib.pyplot as plt
 
     before, after = np.asarray(pair["before"]), np.asarray(pair["after"])
@@ -74,7 +75,32 @@ def plot_before_after(pair: Mapping[str, Any], n: int = 6, prompt_chars: int = 7
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(name)
+        if pair.get("titles") is not None:
+            axes[0, j].set_title(str(pair["titles"][j]), fontsize=8)
         text = str(prompts[j]).replace("view_position = ", "").replace(" modality = CR.", "")
         axes[1, j].set_xlabel("\n".join(textwrap.wrap(text[:prompt_chars], 24)), fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_finding_rates(rates: pd.DataFrame):
+    """How often the reference classifier finds each finding where it was requested (solid) and
+    where it was not (hatched), per image set (before / after LoRA)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    need = ["set", "finding", "positive_rate_requested", "positive_rate_not_requested"]
+    missing = [c for c in need if c not in rates.columns]
+    if missing:
+        raise KeyError(f"plot_finding_rates: columns {missing} missing; pass what finding_rates returned")
+    long = rates.melt(id_vars=["set", "finding"], value_vars=need[2:], var_name="where", value_name="rate")
+    long["where"] = long["where"].map({"positive_rate_requested": "requested",
+                                       "positive_rate_not_requested": "not requested"})
+    grid = sns.catplot(long, x="finding", y="rate", hue="set", col="where", kind="bar",
+                       height=3.0, aspect=1.2, sharey=True)
+    grid.set(ylim=(0, 1), ylabel="share found (score > 0.5)")
+    grid.set_titles("{col_name}")
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", labelrotation=20)
+    grid.figure.tight_layout()
+    return grid.figure
