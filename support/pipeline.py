@@ -21,7 +21,6 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import yaml
 

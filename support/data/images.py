@@ -34,7 +34,7 @@ def _read_pillow(path: Path) -> np.ndarray:
                 # 16-bit PNGs open as 32-bit "I"; their values still lie in 0..65535
                 arr = np.asarray(im, dtype=np.float64)
                 if arr.min() < 0 or arr.max() > 65535:
-                    raise ImageReadError(path, f"32-bit integer values outside 0..65535")
+                    raise ImageReadError(path, "32-bit integer values outside 0..65535")
                 return (arr / 65535.0).astype(np.float32)
             if mode == "F":
                 raise ImageReadError(path, "floating-point TIFF/PNG images have no defined range")

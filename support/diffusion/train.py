@@ -2,11 +2,9 @@
 
 From a notebook: :func:`launch_training` (``accelerate.notebook_launcher`` with ``num_processes``).
 From a shell: ``accelerate launch -m support.diffusion.train --config job.yaml`` (one process or
-many; gloo on CPU). Both run :func:`train_ddpm`.
-
-Determinism: every random draw of the loop (data order, timesteps, noise) is a function of the
-seed, the micro-batch index and the rank, not of a generator's running state, so a run resumed
-from a checkpoint repeats exactly the draws of an uninterrupted run.
+many; gloo on CPU). Both run :func:`train_ddpm`. The loop's machinery (accelerator, resume,
+data order, guarded updates, throughput) is :mod:`support.training`, shared with the LoRA stage;
+a resumed run repeats exactly the draws of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,28 +14,30 @@ import contextlib
 import dataclasses
 import math
 import os
-import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 
-from support.diffusion.checkpoints import (
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    prune_checkpoints,
-    rng_state,
-    save_checkpoint,
-)
+from support.diffusion.checkpoints import load_checkpoint, prune_checkpoints, rng_state, save_checkpoint
 from support.diffusion.config import DDPMConfig, config_dict, ddpm_config
 from support.diffusion.model import build_unet
 from support.diffusion.schedules import diffusion_loss, loss_weights, make_noise_scheduler, training_target
 from support.io import read_json, write_bytes_atomic, write_json_atomic
 from support.params import ParameterError, from_mapping
+from support.training import (  # noqa: F401  (NonFiniteLossError, free_port, step_generator: re-exported)
+    NonFiniteLossError,
+    UpdateMeter,
+    checkpoint_to_resume,
+    epoch_indices,
+    epoch_sampler,
+    free_port,
+    guarded_update,
+    make_accelerator,
+    resolve_mixed_precision,
+    step_generator,
+)
 
 HISTORY_JSON = "history.json"
 CONFIG_JSON = "config.json"
@@ -46,27 +46,7 @@ CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss or gradient; nothing was written after it."""
-
-
 # ------------------------------------------------------------------------------------ helpers
-def resolve_mixed_precision(setting: str, cpu: bool = False) -> str:
-    """accelerate's ``mixed_precision`` for a config value; ``auto`` follows ``support.devices``."""
-    if setting != "auto":
-        return setting
-    if cpu or not torch.cuda.is_available():
-        return "no"
-    from support.devices import mixed_precision_name, pick_dtype
-    return mixed_precision_name(pick_dtype("cuda"))
-
-
-def step_generator(seed: int, micro_step: int, rank: int, device) -> torch.Generator:
-    """The generator of one micro-batch: a pure function of (seed, micro-batch index, rank)."""
-    state = np.random.SeedSequence([int(seed), int(micro_step), int(rank)]).generate_state(1, np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(state) & ((1 << 63) - 1))
-
-
 def _batch_images(batch: Any, where: str) -> torch.Tensor:
     if isinstance(batch, Mapping) and "image" in batch:
         return batch["image"]
@@ -191,13 +171,11 @@ def train_ddpm(config: DDPMConfig, train_dataset, output_dir: str | os.PathLike,
     Returns the history: losses (every ``log_every`` updates), learning rates, images/s,
     validation losses of the online and EMA weights, and the sample grids written.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import GradientAccumulationPlugin, gather_object
+    from accelerate.utils import gather_object
     from diffusers import UNet2DModel
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from torch.utils.data import DataLoader, Subset
-    from torch.utils.data.distributed import DistributedSampler
     from tqdm.auto import tqdm
 
     from support.diffusion.sampling import make_sampler, sample_images
@@ -209,11 +187,7 @@ def train_ddpm(config: DDPMConfig, train_dataset, output_dir: str | os.PathLike,
     ckpt_root = out / CHECKPOINT_DIR
     accum = tcfg.gradient_accumulation_steps
 
-    accelerator = Accelerator(
-        mixed_precision=resolve_mixed_precision(tcfg.mixed_precision, tcfg.cpu),
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
-        cpu=tcfg.cpu,
-    )
+    accelerator = make_accelerator(tcfg.mixed_precision, tcfg.cpu, accum)
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
     check_dataset(train_dataset, config, "training set")
@@ -242,13 +216,7 @@ def train_ddpm(config: DDPMConfig, train_dataset, output_dir: str | os.PathLike,
     ema_unet = build_unet(config.unet).to(device).eval().requires_grad_(False)
 
     start_step, history = 0, _new_history()
-    resume_from = None
-    if tcfg.resume == "latest":
-        resume_from = latest_checkpoint(ckpt_root)
-    elif tcfg.resume:
-        resume_from = Path(tcfg.resume)
-        if not resume_from.is_dir():
-            raise FileNotFoundError(f"train.resume: checkpoint folder {resume_from} not found")
+    resume_from = checkpoint_to_resume(tcfg.resume, ckpt_root)
     if resume_from is not None:
         state = load_checkpoint(resume_from, model=raw, ema=ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
                                 scaler=accelerator.scaler, rank=rank, device=device)
@@ -264,22 +232,13 @@ def train_ddpm(config: DDPMConfig, train_dataset, output_dir: str | os.PathLike,
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / CONFIG_JSON, config_dict(config))
 
-    sampler = DistributedSampler(train_dataset, num_replicas=world, rank=rank, shuffle=True,
-                                 seed=tcfg.seed, drop_last=True)
-    batches_per_epoch = len(sampler) // tcfg.batch_size
-    if batches_per_epoch == 0:
-        raise ValueError(f"training set: {len(train_dataset)} images give no full batch of {tcfg.batch_size} "
-                         f"per process over {world} process(es)")
+    sampler, batches_per_epoch = epoch_sampler(train_dataset, world, rank, tcfg.seed, tcfg.batch_size)
     micro = start_step * accum
     epoch, skip = divmod(micro, batches_per_epoch)
     T = noise_scheduler.config.num_train_timesteps
     prediction_type = config.noise.prediction_type
     images_per_update = world * tcfg.batch_size * accum
     grid_scheduler = make_sampler(tcfg.sample_grid_sampler, noise_scheduler.config)
-
-    def latest_good() -> str:
-        found = list_checkpoints(ckpt_root)
-        return str(found[-1]) if found else "none written yet"
 
     def run_validation(step: int) -> None:
         if val_dataset is None or (history["val_step"] and history["val_step"][-1] == step):
@@ -322,13 +281,11 @@ def train_ddpm(config: DDPMConfig, train_dataset, output_dir: str | os.PathLike,
 
     progress = tqdm(total=tcfg.max_steps, initial=start_step, disable=not is_main, desc="ddpm", unit="update")
     step = start_step
-    window_loss, window_updates, window_time = 0.0, 0, 0.0
+    meter = UpdateMeter()
     update_loss = 0.0
     model.train()
-    tick = time.perf_counter()
     while step < tcfg.max_steps:
-        sampler.set_epoch(epoch)
-        indices = list(sampler)[skip * tcfg.batch_size:]
+        indices = epoch_indices(sampler, epoch, skip, tcfg.batch_size)
         skip = 0
         loader = DataLoader(Subset(train_dataset, indices), batch_size=tcfg.batch_size, shuffle=False,
                             drop_last=True, num_workers=tcfg.num_workers,
@@ -344,28 +301,10 @@ def train_ddpm(config: DDPMConfig, train_dataset, output_dir: str | os.PathLike,
             weights = loss_weights(noise_scheduler, t, prediction_type, tcfg.loss_weighting, tcfg.min_snr_gamma)
             with accelerator.accumulate(model):
                 loss = diffusion_loss(model(noisy, t).sample, target, weights)
-                # One small collective per micro-batch: the loss for logging and a vote on finiteness,
-                # so every rank stops together, before the bad gradients reach the weights.
-                stats = torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float()])
-                if world > 1:
-                    stats = accelerator.reduce(stats, reduction="sum")
-                if stats[1] > 0:
-                    raise NonFiniteLossError(
-                        f"non-finite loss ({float(loss.detach())} on rank {rank}) in update {step + 1}, micro-batch "
-                        f"{micro}; the update was not applied and nothing was written; last good checkpoint: "
-                        f"{latest_good()}")
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
-                    # fp16's grad scaler skips overflowing steps by design; elsewhere inf/NaN is fatal.
-                    if accelerator.scaler is None and not torch.isfinite(torch.as_tensor(grad_norm)):
-                        raise NonFiniteLossError(
-                            f"non-finite gradient norm in update {step + 1}; the update was not applied; "
-                            f"last good checkpoint: {latest_good()}")
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                loss_sum = guarded_update(accelerator, loss, model.parameters(), optimizer, tcfg.max_grad_norm,
+                                          step=step, micro=micro, checkpoint_root=ckpt_root)
             micro += 1
-            update_loss += float(stats[0]) / world / accum
+            update_loss += loss_sum / world / accum
             if not accelerator.sync_gradients:
                 continue
             lr_scheduler.step()
@@ -374,25 +313,22 @@ def train_ddpm(config: DDPMConfig, train_dataset, output_dir: str | os.PathLike,
                 ema.step(raw.parameters())
             if on_update is not None:
                 on_update(step, raw)
-            window_loss += update_loss
-            window_updates += 1
+            meter.add(update_loss)
             update_loss = 0.0
             progress.update(1)
             if step % tcfg.log_every == 0 or step == tcfg.max_steps:
-                window_time += time.perf_counter() - tick
-                rate = window_updates * images_per_update / max(window_time, 1e-9)
+                mean_loss, updates_per_s = meter.flush()
+                rate = updates_per_s * images_per_update
                 history["step"].append(step)
-                history["loss"].append(window_loss / window_updates)
+                history["loss"].append(mean_loss)
                 history["lr"].append(lr_scheduler.get_last_lr()[0])
                 history["images_per_s"].append(rate)
-                progress.set_postfix(loss=f"{window_loss / window_updates:.4f}", img_s=f"{rate:.1f}")
-                window_loss, window_updates, window_time = 0.0, 0, 0.0
-                tick = time.perf_counter()
+                progress.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.1f}")
             side_work = ((tcfg.validate_every and step % tcfg.validate_every == 0)
                          or (tcfg.sample_every and step % tcfg.sample_every == 0)
                          or step % tcfg.checkpoint_every == 0 or step == tcfg.max_steps)
             if side_work:  # kept out of the images/s figure
-                window_time += time.perf_counter() - tick
+                meter.pause()
                 final = step == tcfg.max_steps  # the final checkpoint carries the final validation and grid
                 if final or (tcfg.validate_every and step % tcfg.validate_every == 0):
                     run_validation(step)
@@ -400,7 +336,7 @@ def train_ddpm(config: DDPMConfig, train_dataset, output_dir: str | os.PathLike,
                     write_samples(step)
                 if final or step % tcfg.checkpoint_every == 0:
                     write_checkpoint(step)
-                tick = time.perf_counter()
+                meter.resume()
             if step >= tcfg.max_steps:
                 break
         epoch += 1
@@ -416,13 +352,6 @@ def train_ddpm(config: DDPMConfig, train_dataset, output_dir: str | os.PathLike,
 
 
 # ------------------------------------------------------------------------------------ launching
-def free_port() -> int:
-    """An unused local TCP port for the processes' rendezvous (others may be running jobs too)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_training(config: DDPMConfig, train_dataset, output_dir: str | os.PathLike, val_dataset=None,
                     num_processes: int = 1, port: int | None = None,
                     on_update: Callable[[int, torch.nn.Module], None] | None = None) -> dict:

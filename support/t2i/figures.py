@@ -84,9 +84,8 @@ def plot_before_after(pair: Mapping[str, Any], n: int = 6, prompt_chars: int = 7
 
 
 def plot_finding_rates(rates: pd.DataFrame):
-    """How often the reference classifier finds each finding where it was requested (solid) and
-    where it was not (hatched), per image set (before / after LoRA)."""
-    import matplotlib.pyplot as plt
+    """How often the reference classifier finds each finding where it was requested (left panel)
+    and where it was not (right panel), one bar per image set (before / after LoRA)."""
     import seaborn as sns
 
     need = ["set", "finding", "positive_rate_requested", "positive_rate_not_requested"]

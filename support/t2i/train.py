@@ -18,14 +18,24 @@ import dataclasses
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 
 from support.diffusion.schedules import diffusion_loss, loss_weights, training_target
-from support.diffusion.train import NonFiniteLossError, free_port, resolve_mixed_precision, step_generator
+from support.training import (
+    NonFiniteLossError,
+    UpdateMeter,
+    checkpoint_to_resume,
+    epoch_indices,
+    epoch_sampler,
+    free_port,
+    guarded_update,
+    make_accelerator,
+    resolve_mixed_precision,
+    step_generator,
+)
 from support.io import read_json, write_json_atomic
 from support.params import ParameterError, from_mapping
 from support.t2i.config import T2IConfig, config_dict, t2i_config
@@ -147,20 +157,18 @@ def train_lora(config: T2IConfig, base_model, train_dataset, output_dir: str | o
     ``train.resume == "latest"``. A non-finite loss or gradient raises
     :class:`NonFiniteLossError` before the update is applied.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import GradientAccumulationPlugin, gather_object
+    from accelerate.utils import gather_object
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
     from torch.utils.data import DataLoader, Subset
-    from torch.utils.data.distributed import DistributedSampler
     from tqdm.auto import tqdm
 
     from support.seeding import seed_everything
     from support.t2i.base_model import load_pipeline, model_sha256
     from support.t2i.captions import caption_stats
-    from support.t2i.checkpoints import (checkpoint_state, latest_checkpoint, list_checkpoints, load_lora_checkpoint,
-                                         prune_checkpoints, rng_state, save_lora_checkpoint)
+    from support.t2i.checkpoints import (checkpoint_state, load_lora_checkpoint, prune_checkpoints, rng_state,
+                                         save_lora_checkpoint)
     from support.t2i.lora import add_lora, lora_parameters, save_lora_weights, trainable_parameters
     from support.t2i.sampling import generate_images, make_sampler, save_grid, save_pngs
 
@@ -169,11 +177,7 @@ def train_lora(config: T2IConfig, base_model, train_dataset, output_dir: str | o
     out = Path(output_dir).expanduser().resolve()
     ckpt_root = out / CHECKPOINT_DIR
     accum = tcfg.gradient_accumulation_steps
-    accelerator = Accelerator(
-        mixed_precision=resolve_mixed_precision(tcfg.mixed_precision, tcfg.cpu),
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
-        cpu=tcfg.cpu,
-    )
+    accelerator = make_accelerator(tcfg.mixed_precision, tcfg.cpu, accum)
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
@@ -207,12 +211,7 @@ def train_lora(config: T2IConfig, base_model, train_dataset, output_dir: str | o
     optimizer = torch.optim.AdamW(params, lr=tcfg.learning_rate, betas=tuple(tcfg.adam_betas),
                                   eps=tcfg.adam_epsilon, weight_decay=tcfg.weight_decay)
 
-    sampler = DistributedSampler(train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=tcfg.seed,
-                                 drop_last=True)
-    batches_per_epoch = len(sampler) // tcfg.batch_size
-    if batches_per_epoch == 0:
-        raise ValueError(f"training set: {len(train_dataset)} images give no full batch of {tcfg.batch_size} "
-                         f"per process over {world} process(es)")
+    sampler, batches_per_epoch = epoch_sampler(train_dataset, world, rank, tcfg.seed, tcfg.batch_size)
     max_steps = tcfg.max_steps or math.ceil(tcfg.epochs * batches_per_epoch / accum)
     # Stepped once per update by this loop (as in the DDPM stage), not by accelerate.
     lr_scheduler = get_scheduler(tcfg.lr_schedule, optimizer, num_warmup_steps=tcfg.lr_warmup_steps,
@@ -225,13 +224,7 @@ def train_lora(config: T2IConfig, base_model, train_dataset, output_dir: str | o
     raw_text = accelerator.unwrap_model(text_encoder)
 
     start_step, history = 0, _new_history()
-    resume_from = None
-    if tcfg.resume == "latest":
-        resume_from = latest_checkpoint(ckpt_root)
-    elif tcfg.resume:
-        resume_from = Path(tcfg.resume)
-        if not resume_from.is_dir():
-            raise FileNotFoundError(f"train.resume: checkpoint folder {resume_from} not found")
+    resume_from = checkpoint_to_resume(tcfg.resume, ckpt_root)
     if resume_from is not None:
         state = checkpoint_state(resume_from)
         saved = state.get("config", {})
@@ -259,10 +252,6 @@ def train_lora(config: T2IConfig, base_model, train_dataset, output_dir: str | o
     T = noise_scheduler.config.num_train_timesteps
     images_per_update = world * tcfg.batch_size * accum
     val_scheduler = make_sampler("pndm", pipe.scheduler.config)
-
-    def latest_good() -> str:
-        found = list_checkpoints(ckpt_root)
-        return str(found[-1]) if found else "none written yet"
 
     def write_samples(step: int, epoch_index: int) -> None:
         path = out / SAMPLES_DIR / f"step-{step:08d}"
@@ -300,18 +289,16 @@ def train_lora(config: T2IConfig, base_model, train_dataset, output_dir: str | o
     progress_bar = tqdm(total=max_steps, initial=start_step, disable=not (is_main and progress), desc="lora",
                         unit="update")
     step = start_step
-    window_loss, window_updates, window_time = 0.0, 0, 0.0
+    meter = UpdateMeter()
     update_loss = 0.0
     validation_due = False
     unet.train()
     if lcfg.text_encoder:
         text_encoder.train()
-    tick = time.perf_counter()
     while step < max_steps:
         if hasattr(train_dataset, "set_epoch"):
             train_dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        indices = list(sampler)[skip * tcfg.batch_size:]
+        indices = epoch_indices(sampler, epoch, skip, tcfg.batch_size)
         skip = 0
         loader = DataLoader(Subset(train_dataset, indices), batch_size=tcfg.batch_size, shuffle=False,
                             drop_last=True, num_workers=tcfg.num_workers, collate_fn=_collate,
@@ -342,26 +329,10 @@ def train_lora(config: T2IConfig, base_model, train_dataset, output_dir: str | o
                         context = text_encoder(ids, return_dict=False)[0]
                     pred = unet(noisy, t, context, return_dict=False)[0]
                 loss = diffusion_loss(pred, target, weights)
-                stats_t = torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float()])
-                if world > 1:
-                    stats_t = accelerator.reduce(stats_t, reduction="sum")
-                if stats_t[1] > 0:
-                    raise NonFiniteLossError(
-                        f"non-finite loss ({float(loss.detach())} on rank {rank}) in update {step + 1}, micro-batch "
-                        f"{micro}; the update was not applied and nothing was written; last good checkpoint: "
-                        f"{latest_good()}")
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(params, tcfg.max_grad_norm)
-                    # fp16's grad scaler skips overflowing steps by design; elsewhere inf/NaN is fatal.
-                    if accelerator.scaler is None and not torch.isfinite(torch.as_tensor(grad_norm)):
-                        raise NonFiniteLossError(
-                            f"non-finite gradient norm in update {step + 1}; the update was not applied; "
-                            f"last good checkpoint: {latest_good()}")
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                loss_sum = guarded_update(accelerator, loss, params, optimizer, tcfg.max_grad_norm,
+                                          step=step, micro=micro, checkpoint_root=ckpt_root)
             micro += 1
-            update_loss += float(stats_t[0]) / world / accum
+            update_loss += loss_sum / world / accum
             if micro % batches_per_epoch == 0:  # an epoch ended: validation images at this update
                 done_epochs = micro // batches_per_epoch
                 every = tcfg.validation_every_epochs
@@ -372,32 +343,28 @@ def train_lora(config: T2IConfig, base_model, train_dataset, output_dir: str | o
             step += 1
             if on_update is not None:
                 on_update(step, raw_unet)
-            window_loss += update_loss
-            window_updates += 1
+            meter.add(update_loss)
             update_loss = 0.0
             progress_bar.update(1)
             if step % tcfg.log_every == 0 or step == max_steps:
-                window_time += time.perf_counter() - tick
-                rate = window_updates / max(window_time, 1e-9)
+                mean_loss, rate = meter.flush()
                 history["step"].append(step)
                 history["epoch"].append(epoch)
-                history["loss"].append(window_loss / window_updates)
+                history["loss"].append(mean_loss)
                 history["lr"].append(lr_scheduler.get_last_lr()[0])
                 history["steps_per_s"].append(rate)
                 history["images_per_s"].append(rate * images_per_update)
-                progress_bar.set_postfix(loss=f"{window_loss / window_updates:.4f}", it_s=f"{rate:.2f}")
-                window_loss, window_updates, window_time = 0.0, 0, 0.0
-                tick = time.perf_counter()
+                progress_bar.set_postfix(loss=f"{mean_loss:.4f}", it_s=f"{rate:.2f}")
             final = step == max_steps
             checkpoint_due = final or step % tcfg.checkpoint_every == 0
             if validation_due or checkpoint_due:  # kept out of the steps/s figure
-                window_time += time.perf_counter() - tick
+                meter.pause()
                 if validation_due or final:  # before the checkpoint, so its history lists them
                     write_samples(step, (micro - 1) // batches_per_epoch)
                     validation_due = False
                 if checkpoint_due:
                     write_checkpoint(step)
-                tick = time.perf_counter()
+                meter.resume()
             if step >= max_steps:
                 break
         epoch += 1
