@@ -110,6 +110,36 @@ def prune_checkpoints(root: str | os.PathLike, keep: int | None) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------ save/load
+def write_training_state(folder: Path, optimizer, lr_scheduler, scaler=None,
+                         rng_states: Sequence[tuple[dict, dict]] = ()) -> dict[str, Any]:
+    """Write the optimizer's tensors and every rank's RNG tensors into ``folder``; return the
+    JSON part of the training state (optimizer layout, LR schedule, grad scaler, RNG metadata)
+    for the checkpoint's ``state.json``. Shared by the DDPM and LoRA checkpoints."""
+    opt_tensors, opt_meta = optimizer_to_files(optimizer.state_dict())
+    save_state_dict(opt_tensors, folder / "optimizer.safetensors")
+    rng_tensors = {f"rank{r}.{k}": v for r, (t, _) in enumerate(rng_states) for k, v in t.items()}
+    if rng_tensors:
+        save_state_dict(rng_tensors, folder / "rng.safetensors")
+    return {"optimizer": opt_meta, "lr_scheduler": lr_scheduler.state_dict(),
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": [meta for _, meta in rng_states]}
+
+
+def restore_training_state(folder: Path, state: dict[str, Any], optimizer, lr_scheduler, scaler=None,
+                           rank: int | None = None) -> None:
+    """Undo :func:`write_training_state` in place. ``rank`` selects which process's RNG states to
+    restore (None leaves the RNGs alone); a rank absent from the checkpoint keeps its own."""
+    optimizer.load_state_dict(optimizer_from_files(load_state_dict(folder / "optimizer.safetensors"),
+                                                    state["optimizer"]))
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if scaler is not None and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
+    if rank is not None and rank < len(state.get("rng", [])) and (folder / "rng.safetensors").is_file():
+        all_rng = load_state_dict(folder / "rng.safetensors")
+        prefix = f"rank{rank}."
+        set_rng_state({k[len(prefix):]: v for k, v in all_rng.items() if k.startswith(prefix)}, state["rng"][rank])
+
+
 def save_checkpoint(root: str | os.PathLike, step: int, *, model: torch.nn.Module, ema, optimizer,
                     lr_scheduler, scaler=None, rng_states: Sequence[tuple[dict, dict]] = (),
                     extra: dict[str, Any] | None = None) -> Path:
@@ -128,19 +158,11 @@ def save_checkpoint(root: str | os.PathLike, step: int, *, model: torch.nn.Modul
         if len(shadow) != len(names):
             raise ValueError(f"EMA holds {len(shadow)} tensors but the model has {len(names)} parameters")
         save_state_dict(dict(zip(names, shadow)), tmp / "ema.safetensors")
-        opt_tensors, opt_meta = optimizer_to_files(optimizer.state_dict())
-        save_state_dict(opt_tensors, tmp / "optimizer.safetensors")
-        rng_tensors = {f"rank{r}.{k}": v for r, (t, _) in enumerate(rng_states) for k, v in t.items()}
-        if rng_tensors:
-            save_state_dict(rng_tensors, tmp / "rng.safetensors")
         state = {
             "format": FORMAT,
             "step": int(step),
             "ema": ema_state,
-            "optimizer": opt_meta,
-            "lr_scheduler": lr_scheduler.state_dict(),
-            "grad_scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": [meta for _, meta in rng_states],
+            **write_training_state(tmp, optimizer, lr_scheduler, scaler, rng_states),
             **(extra or {}),
         }
         write_json_atomic(tmp / STATE_JSON, state)
@@ -175,16 +197,5 @@ def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, ema, opt
     if set(shadow) != set(names):
         raise ValueError(f"{path / 'ema.safetensors'}: parameter names do not match the model")
     ema.load_state_dict({**state["ema"], "shadow_params": [shadow[n].to(device) for n in names]})
-
-    opt_tensors = load_state_dict(path / "optimizer.safetensors")
-    optimizer.load_state_dict(optimizer_from_files(opt_tensors, state["optimizer"]))
-    lr_scheduler.load_state_dict(state["lr_scheduler"])
-    if scaler is not None and state.get("grad_scaler"):
-        scaler.load_state_dict(state["grad_scaler"])
-
-    if rank is not None and rank < len(state.get("rng", [])) and (path / "rng.safetensors").is_file():
-        all_rng = load_state_dict(path / "rng.safetensors")
-        prefix = f"rank{rank}."
-        mine = {k[len(prefix):]: v for k, v in all_rng.items() if k.startswith(prefix)}
-        set_rng_state(mine, state["rng"][rank])
+    restore_training_state(path, state, optimizer, lr_scheduler, scaler, rank)
     return state

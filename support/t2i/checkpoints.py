@@ -18,12 +18,11 @@ from support.diffusion.checkpoints import (  # noqa: F401  (re-exported for call
     STATE_JSON,
     checkpoint_step,
     latest_checkpoint,
-    optimizer_from_files,
-    optimizer_to_files,
     list_checkpoints,
     prune_checkpoints,
+    restore_training_state,
     rng_state,
-    set_rng_state,
+    write_training_state,
 )
 from support.io import atomic_directory, load_state_dict, read_json, save_state_dict, write_json_atomic
 from support.t2i.lora import load_peft_state_dicts, peft_state_dicts, save_lora_weights
@@ -40,16 +39,9 @@ def save_lora_checkpoint(root: str | os.PathLike, step: int, *, unet, text_encod
     with atomic_directory(final) as tmp:
         save_state_dict(peft_state_dicts(unet, text_encoder, with_text_encoder), tmp / PEFT_WEIGHTS)
         save_lora_weights(tmp, unet, text_encoder, with_text_encoder)
-        opt_tensors, opt_meta = optimizer_to_files(optimizer.state_dict())
-        save_state_dict(opt_tensors, tmp / "optimizer.safetensors")
-        rng_tensors = {f"rank{r}.{k}": v for r, (t, _) in enumerate(rng_states) for k, v in t.items()}
-        if rng_tensors:
-            save_state_dict(rng_tensors, tmp / "rng.safetensors")
         write_json_atomic(tmp / STATE_JSON, {
-            "format": FORMAT, "step": int(step), "optimizer": opt_meta,
-            "lr_scheduler": lr_scheduler.state_dict(),
-            "grad_scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": [meta for _, meta in rng_states], **(extra or {})})
+            "format": FORMAT, "step": int(step),
+            **write_training_state(tmp, optimizer, lr_scheduler, scaler, rng_states), **(extra or {})})
     return final
 
 
@@ -74,13 +66,5 @@ def load_lora_checkpoint(path: str | os.PathLike, *, unet, text_encoder, optimiz
     path = Path(path)
     state = checkpoint_state(path)
     load_peft_state_dicts(load_state_dict(path / PEFT_WEIGHTS), unet, text_encoder, where=str(path / PEFT_WEIGHTS))
-    optimizer.load_state_dict(optimizer_from_files(load_state_dict(path / "optimizer.safetensors"),
-                                                    state["optimizer"]))
-    lr_scheduler.load_state_dict(state["lr_scheduler"])
-    if scaler is not None and state.get("grad_scaler"):
-        scaler.load_state_dict(state["grad_scaler"])
-    if rank is not None and rank < len(state.get("rng", [])) and (path / "rng.safetensors").is_file():
-        all_rng = load_state_dict(path / "rng.safetensors")
-        prefix = f"rank{rank}."
-        set_rng_state({k[len(prefix):]: v for k, v in all_rng.items() if k.startswith(prefix)}, state["rng"][rank])
+    restore_training_state(path, state, optimizer, lr_scheduler, scaler, rank)
     return state
