@@ -120,3 +120,24 @@ def to_dict(obj: Any) -> dict:
             return {k: plain(x) for k, x in v.items()}
         return v
     return plain(obj)
+
+
+def read_yaml_mapping(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The top-level mapping of a job/config YAML file; a missing file, invalid YAML, another
+    top-level type or a missing ``required`` key is an error naming the file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, Mapping):
+        raise ParameterError(f"{path}: expected a mapping at the top level")
+    missing = [k for k in required if k not in raw]
+    if missing:
+        raise ParameterError(f"{path}: expected a mapping with {', '.join(repr(k) for k in required)}; "
+                             f"missing {missing}")
+    return dict(raw)

@@ -112,6 +112,23 @@ def test_params_from_namespace_picks_fields_only():
     assert cfg.lr == 0.5 and cfg.steps == 10
 
 
+def test_job_yaml_errors_name_the_file(tmp_path):
+    good = tmp_path / "job.yaml"
+    good.write_text("pipeline: p\noutput_root: o\nsteps: 3\n")
+    assert params.read_yaml_mapping(good, required=("pipeline", "output_root"))["steps"] == 3
+    with pytest.raises(params.ParameterError, match=r"job.yaml: expected a mapping with 'pipeline', 'lora'.*\['lora'\]"):
+        params.read_yaml_mapping(good, required=("pipeline", "lora"))
+    with pytest.raises(FileNotFoundError, match="absent.yaml: config file not found"):
+        params.read_yaml_mapping(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(params.ParameterError, match="bad.yaml: not valid YAML"):
+        params.read_yaml_mapping(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(params.ParameterError, match="bad.yaml: expected a mapping at the top level"):
+        params.read_yaml_mapping(bad)
+
+
 def test_run_dirs(tmp_path):
     paths = create_run_dir(tmp_path, "a")
     assert paths.metrics.is_dir() and paths.models.is_dir()

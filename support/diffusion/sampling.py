@@ -247,9 +247,7 @@ def pixel_frechet(a, b, size: int = 16) -> float:
 
 # ------------------------------------------------------------------------------------ CLI
 def main(argv: list[str] | None = None) -> int:
-    import yaml
-
-    from support.params import ParameterError
+    from support.params import read_yaml_mapping
 
     parser = argparse.ArgumentParser(prog="accelerate launch -m support.diffusion.sampling",
                                      description="Sample a DDPMPipeline folder into a MIMIC-CXR-JPG-layout dataset.")
@@ -257,13 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="YAML with pipeline, output_root, profile and SamplingConfig fields")
     args = parser.parse_args(argv)
     path = Path(args.config)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: config file not found") from None
-    if not isinstance(raw, Mapping) or "pipeline" not in raw or "output_root" not in raw:
-        raise ParameterError(f"{path}: expected a mapping with 'pipeline' and 'output_root'")
-    raw = dict(raw)
+    raw = read_yaml_mapping(path, required=("pipeline", "output_root"))
     pipeline, root, profile = raw.pop("pipeline"), raw.pop("output_root"), raw.pop("profile", "quick")
     cfg = sampling_config(profile, raw, source=str(path))
     summary = sample_to_dataset(pipeline, root, cfg)

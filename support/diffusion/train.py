@@ -25,7 +25,7 @@ from support.diffusion.config import DDPMConfig, config_dict, ddpm_config
 from support.diffusion.model import build_unet
 from support.diffusion.schedules import diffusion_loss, loss_weights, make_noise_scheduler, training_target
 from support.io import read_json, write_bytes_atomic, write_json_atomic
-from support.params import ParameterError, from_mapping
+from support.params import ParameterError, from_mapping, read_yaml_mapping
 from support.training import (  # noqa: F401  (NonFiniteLossError, free_port, step_generator: re-exported)
     NonFiniteLossError,
     UpdateMeter,
@@ -387,20 +387,10 @@ class TrainJob:
 
 def load_job(path: str | os.PathLike) -> tuple[DDPMConfig, Any, Any, Path]:
     """(config, training set, validation set or None, output_dir) of a job YAML file."""
-    import yaml
-
     from support.diffusion.data import ImageDataConfig, image_datasets
 
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: config file not found") from None
-    except yaml.YAMLError as exc:
-        raise ParameterError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(raw, Mapping):
-        raise ParameterError(f"{path}: expected a mapping at the top level")
-    job = from_mapping(TrainJob, raw, source=str(path))
+    job = from_mapping(TrainJob, read_yaml_mapping(path), source=str(path))
     config = ddpm_config(job.profile, {"unet": job.unet, "noise": job.noise, "train": job.train}, source=str(path))
     data = from_mapping(ImageDataConfig, job.data, source=f"{path}: data")
     train_set, val_set = image_datasets(data, config.unet.sample_size, config.unet.in_channels)

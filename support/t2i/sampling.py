@@ -466,10 +466,8 @@ def _register(writer, item: Mapping[str, Any], plan: pd.DataFrame, cfg: T2ISampl
 
 # ------------------------------------------------------------------------------------ CLI
 def main(argv: list[str] | None = None) -> int:
-    import yaml
-
     from support.data.adapters import load_dataset
-    from support.params import ParameterError
+    from support.params import ParameterError, read_yaml_mapping
     from support.t2i.config import prompt_config, t2i_sampling_config
 
     parser = argparse.ArgumentParser(prog="accelerate launch -m support.t2i.sampling",
@@ -479,12 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                              "sampling (T2ISamplingConfig fields), prompts (PromptConfig fields)")
     args = parser.parse_args(argv)
     path = Path(args.config)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: config file not found") from None
-    if not isinstance(raw, Mapping) or "base_model" not in raw or "output_root" not in raw:
-        raise ParameterError(f"{path}: expected a mapping with 'base_model' and 'output_root'")
+    raw = read_yaml_mapping(path, required=("base_model", "output_root"))
     unknown = sorted(set(raw) - {"base_model", "lora", "output_root", "records_root", "profile", "sampling", "prompts"})
     if unknown:
         raise ParameterError(f"{path}: unknown key(s) {unknown}")

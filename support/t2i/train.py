@@ -37,7 +37,7 @@ from support.training import (
     step_generator,
 )
 from support.io import read_json, write_json_atomic
-from support.params import ParameterError, from_mapping
+from support.params import ParameterError, from_mapping, read_yaml_mapping
 from support.t2i.config import T2IConfig, config_dict, t2i_config
 
 HISTORY_JSON = "history.json"
@@ -422,7 +422,6 @@ class LoraJob:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import yaml
     from accelerate import PartialState
 
     from support.data.adapters import load_dataset
@@ -433,15 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="job YAML: output_dir, data, base_model, profile, lora/train/base")
     args = parser.parse_args(argv)
     path = Path(args.config)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: config file not found") from None
-    except yaml.YAMLError as exc:
-        raise ParameterError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(raw, Mapping):
-        raise ParameterError(f"{path}: expected a mapping at the top level")
-    job = from_mapping(LoraJob, raw, source=str(path))
+    job = from_mapping(LoraJob, read_yaml_mapping(path), source=str(path))
     config = t2i_config(job.profile, {"lora": job.lora, "train": job.train, "base": job.base}, source=str(path))
     records, summary = load_dataset("mimic-cxr-jpg", job.data)
     state = PartialState()
