@@ -232,6 +232,28 @@ def test_read_image_errors_name_the_file(tmp_path):
         read_image(tmp_path / "bad.dcm")
 
 
+@pytest.mark.parametrize("reader", ["read_image", "read_pixels"])
+def test_pillow_readers_name_the_file_and_the_failure(tmp_path, reader):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from support.cleanup.pixels import read_pixels
+
+    read = {"read_image": read_image, "read_pixels": read_pixels}[reader]
+    with pytest.raises(ImageReadError, match="nope.png: file not found"):
+        read(tmp_path / "nope.png")
+    (tmp_path / "text.png").write_text("hello")
+    with pytest.raises(ImageReadError, match="text.png: not an image Pillow can identify"):
+        read(tmp_path / "text.png")
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(buf, "PNG")
+    (tmp_path / "cut.png").write_bytes(buf.getvalue()[:-200])            # header intact, data cut
+    with pytest.raises(ImageReadError, match="cut.png: cannot decode"):
+        read(tmp_path / "cut.png")
+
+
 def test_summary_is_a_readable_table(tmp_path):
     s = DatasetSummary("demo", "/data/demo", max_examples=2)
     for i in range(3):

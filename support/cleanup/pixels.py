@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from support.data.images import ImageReadError
+from support.data.images import ImageReadError, opened_image
 
 SUPPORTED_DTYPES = (np.uint8, np.uint16)
 
@@ -97,33 +97,21 @@ def read_pixels(path: str | os.PathLike) -> np.ndarray:
     Unlike :func:`support.data.images.read_image` it keeps the bit depth, so a cleaned 16-bit
     film can be compared with its source. Failures are :class:`ImageReadError` naming the file.
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()   # a truncated file fails here
-            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-                return np.asarray(im).astype(np.uint16)
-            if im.mode == "I":
-                arr = np.asarray(im)
-                if arr.min() < 0 or arr.max() > 65535:
-                    raise ImageReadError(path, "32-bit integer values outside 0..65535")
-                return arr.astype(np.uint16)
-            if im.mode == "L":
-                return np.asarray(im, dtype=np.uint8).copy()
-            if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LA", "1"):
-                rgb = im.convert("RGB")
-                arr = np.asarray(rgb, dtype=np.uint8)
-                if im.mode in ("LA", "1") or (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
-                    return arr[..., 0].copy()   # gray stored as colour: keep one channel
-                return arr.copy()
-            raise ImageReadError(path, f"pixel mode {im.mode!r} is not a radiograph format this step reads")
-    except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
-    except UnidentifiedImageError:
-        raise ImageReadError(path, "not an image Pillow can identify") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        if isinstance(exc, ImageReadError):
-            raise
-        raise ImageReadError(path, f"cannot decode ({exc})") from None
+    with opened_image(path) as im:
+        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+            return np.asarray(im).astype(np.uint16)
+        if im.mode == "I":
+            arr = np.asarray(im)
+            if arr.min() < 0 or arr.max() > 65535:
+                raise ImageReadError(path, "32-bit integer values outside 0..65535")
+            return arr.astype(np.uint16)
+        if im.mode == "L":
+            return np.asarray(im, dtype=np.uint8).copy()
+        if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LA", "1"):
+            rgb = im.convert("RGB")
+            arr = np.asarray(rgb, dtype=np.uint8)
+            if im.mode in ("LA", "1") or (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
+                return arr[..., 0].copy()   # gray stored as colour: keep one channel
+            return arr.copy()
+        raise ImageReadError(path, f"pixel mode {im.mode!r} is not a radiograph format this step reads")

@@ -6,6 +6,7 @@ JPEG and PNG (8 or 16 bit, grayscale or colour -> luminance) through Pillow; DIC
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -21,26 +22,17 @@ class ImageReadError(ValueError):
         super().__init__(f"{path}: {reason}")
 
 
-def _read_pillow(path: Path) -> np.ndarray:
+@contextlib.contextmanager
+def opened_image(path: str | os.PathLike):
+    """``PIL.Image.open`` with the pixels decoded at once (a truncated file fails here, not later
+    in a worker); every failure inside, reading or converting, is an :class:`ImageReadError`
+    naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            im.load()  # decode now: a truncated file fails here, not later in a worker
-            mode = im.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-                return np.asarray(im, dtype=np.float32) / 65535.0
-            if mode == "I":
-                # 16-bit PNGs open as 32-bit "I"; their values still lie in 0..65535
-                arr = np.asarray(im, dtype=np.float64)
-                if arr.min() < 0 or arr.max() > 65535:
-                    raise ImageReadError(path, "32-bit integer values outside 0..65535")
-                return (arr / 65535.0).astype(np.float32)
-            if mode == "F":
-                raise ImageReadError(path, "floating-point TIFF/PNG images have no defined range")
-            if mode != "L":
-                im = im.convert("L")  # RGB(A), P, LA, 1 -> luminance (ITU-R 601)
-            return np.asarray(im, dtype=np.float32) / 255.0
+            im.load()
+            yield im
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except UnidentifiedImageError:
@@ -49,6 +41,24 @@ def _read_pillow(path: Path) -> np.ndarray:
         if isinstance(exc, ImageReadError):
             raise
         raise ImageReadError(path, f"cannot decode ({exc})") from None
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    with opened_image(path) as im:
+        mode = im.mode
+        if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+            return np.asarray(im, dtype=np.float32) / 65535.0
+        if mode == "I":
+            # 16-bit PNGs open as 32-bit "I"; their values still lie in 0..65535
+            arr = np.asarray(im, dtype=np.float64)
+            if arr.min() < 0 or arr.max() > 65535:
+                raise ImageReadError(path, "32-bit integer values outside 0..65535")
+            return (arr / 65535.0).astype(np.float32)
+        if mode == "F":
+            raise ImageReadError(path, "floating-point TIFF/PNG images have no defined range")
+        if mode != "L":
+            im = im.convert("L")  # RGB(A), P, LA, 1 -> luminance (ITU-R 601)
+        return np.asarray(im, dtype=np.float32) / 255.0
 
 
 def read_image(path: str | os.PathLike, dtype: str = "float32") -> np.ndarray:
