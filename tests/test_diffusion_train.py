@@ -8,6 +8,7 @@ import torch
 from support.diffusion.config import ddpm_config
 from support.diffusion.data import SyntheticDiscs
 from support.diffusion.train import NonFiniteLossError, train_ddpm
+from sabotage import Sabotaged
 from support.io import load_state_dict
 
 torch.set_num_threads(1)
@@ -15,27 +16,6 @@ torch.set_num_threads(1)
 # 24 images, batch 4, accumulation 2: 6 micro-batches per epoch, so 6 updates cross an epoch boundary.
 CONFIG = ddpm_config("test", {"train": {"max_steps": 6, "checkpoint_every": 2, "checkpoints_total_limit": 2,
                                         "validate_every": 3, "sample_grid_steps": 3}})
-
-
-class Sabotaged(torch.utils.data.Dataset):
-    """Items of ``base``; after ``after`` training reads it raises (a crash) or returns NaN images.
-
-    The first read is the trainer's check of item 0, before training starts.
-    """
-
-    def __init__(self, base, after: int, mode: str):
-        self.base, self.after, self.mode, self.reads = base, after, mode, 0
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, i):
-        self.reads += 1
-        if self.reads > self.after + 1:
-            if self.mode == "crash":
-                raise RuntimeError("simulated crash")
-            return {"image": torch.full_like(self.base[i]["image"], float("nan"))}
-        return self.base[i]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +47,7 @@ def test_resume_after_crash_ends_in_the_same_weights(uninterrupted, tmp_path):
     data = SyntheticDiscs(24, 16)
     # Crash inside update 5 (each update reads 8 images): checkpoint-4 is the last one on disk.
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_ddpm(CONFIG, Sabotaged(data, after=8 * 4 + 3, mode="crash"), tmp_path, SyntheticDiscs(8, 16, seed=1))
+        train_ddpm(CONFIG, Sabotaged(data, after=8 * 4 + 3, mode="crash", key="image"), tmp_path, SyntheticDiscs(8, 16, seed=1))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-00000002",
                                                                               "checkpoint-00000004"]
     history_b = train_ddpm(CONFIG, data, tmp_path, SyntheticDiscs(8, 16, seed=1))   # resumes from update 4
@@ -89,7 +69,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     data = SyntheticDiscs(24, 16)
     # NaN images from the 4th update on: updates 1-3 are fine, checkpoint-2 is the last good one.
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss.*update 4.*checkpoint-00000002"):
-        train_ddpm(CONFIG, Sabotaged(data, after=8 * 3, mode="nan"), tmp_path)
+        train_ddpm(CONFIG, Sabotaged(data, after=8 * 3, mode="nan", key="image"), tmp_path)
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert ckpts == ["checkpoint-00000002"]                   # nothing written after the NaN
     assert not (tmp_path / "pipeline").exists() and not (tmp_path / "history.json").exists()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sabotage import Sabotaged
 from support.io import load_state_dict
 from support.params import ParameterError
 from support.t2i.base_model import build_small_pipeline, load_pipeline, model_sha256, save_pipeline
@@ -40,26 +41,6 @@ def uninterrupted(base, tmp_path_factory):
     before = model_sha256(base, None)
     history = train_lora(CONFIG, base, SyntheticCaptioned(8, 32), out, progress=False)
     return out, history, before
-
-
-class Sabotaged(torch.utils.data.Dataset):
-    """Items of ``base``; after ``after`` training reads, a crash or NaN images (read 1 is the check)."""
-
-    def __init__(self, base, after: int, mode: str):
-        self.base, self.after, self.mode, self.reads = base, after, mode, 0
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, i):
-        self.reads += 1
-        if self.reads > self.after + 1:
-            if self.mode == "crash":
-                raise RuntimeError("simulated crash")
-            item = dict(self.base[i])
-            item["pixel_values"] = torch.full_like(item["pixel_values"], float("nan"))
-            return item
-        return self.base[i]
 
 
 def _saved_samples(directory, n):
@@ -105,7 +86,7 @@ def test_resume_after_crash_ends_in_the_same_lora_weights(base, uninterrupted, t
     data = SyntheticCaptioned(8, 32)
     # each update reads 2 images; the crash comes inside update 5, after checkpoint-4
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_lora(CONFIG, base, Sabotaged(data, after=2 * 4 + 1, mode="crash"), tmp_path, progress=False)
+        train_lora(CONFIG, base, Sabotaged(data, after=2 * 4 + 1, mode="crash", key="pixel_values"), tmp_path, progress=False)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-00000002",
                                                                            "checkpoint-00000004"]
     assert not (tmp_path / "lora").exists()
@@ -126,7 +107,7 @@ def test_resume_after_crash_ends_in_the_same_lora_weights(base, uninterrupted, t
 def test_non_finite_loss_stops_before_the_update(base, tmp_path):
     data = SyntheticCaptioned(8, 32)
     with pytest.raises(NonFiniteLossError, match="update 4"):
-        train_lora(CONFIG, base, Sabotaged(data, after=2 * 3, mode="nan"), tmp_path, progress=False)
+        train_lora(CONFIG, base, Sabotaged(data, after=2 * 3, mode="nan", key="pixel_values"), tmp_path, progress=False)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["checkpoint-00000002"]
     state = json.loads((tmp_path / "checkpoints" / "checkpoint-00000002" / "state.json").read_text())
     assert state["step"] == 2
