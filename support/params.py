@@ -10,13 +10,59 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Iterable, Iterator, Mapping, TypeVar
 
 T = TypeVar("T")
+Check = tuple[bool, str, str]   # (holds, field, what the field must be)
 
 
 class ParameterError(ValueError):
     pass
+
+
+class Checked:
+    """Mixin of config dataclasses, the one validation style: :meth:`checks` lists the rules,
+    :meth:`validate` raises at the first that fails, naming the field, the value expected and
+    the value given.
+
+    By default the rules are those of the parts (fields that are ``Checked`` themselves), named
+    under the part: a config made of parts needs no rules of its own.
+    """
+
+    title = "parameters"     # names the config in messages, e.g. "DDPM parameters"
+
+    def checks(self) -> Iterable[Check]:
+        for f in dataclasses.fields(self):
+            part = getattr(self, f.name)
+            if isinstance(part, Checked):
+                yield from part_checks(f.name, part)
+
+    def validate(self: T) -> T:
+        """Raise ``ParameterError`` at the first rule that fails; return ``self`` otherwise."""
+        for ok, field, expected in self.checks():
+            if not ok:
+                value = _value_at(self, field)
+                got = "" if value is _MISSING else f", got {value!r}"
+                raise ParameterError(f"{self.title}: {field} must be {expected}{got}")
+        return self
+
+
+def part_checks(prefix: str, part: Checked) -> Iterator[Check]:
+    """The rules of a nested part, with its field names under ``prefix``."""
+    for ok, field, expected in part.checks():
+        yield ok, f"{prefix}.{field}", expected
+
+
+_MISSING = object()
+
+
+def _value_at(obj: Any, path: str) -> Any:
+    """``obj.a.b`` for ``path == "a.b"``; a missing attribute yields ``_MISSING``."""
+    for name in path.split("."):
+        if not hasattr(obj, name):
+            return _MISSING
+        obj = getattr(obj, name)
+    return obj
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

@@ -22,6 +22,13 @@ class ImageReadError(ValueError):
         super().__init__(f"{path}: {reason}")
 
 
+class MissingImageError(ImageReadError, FileNotFoundError):
+    """An image file that is not there (both an :class:`ImageReadError` and a ``FileNotFoundError``)."""
+
+    def __init__(self, path):
+        super().__init__(path, "file not found")
+
+
 @contextlib.contextmanager
 def opened_image(path: str | os.PathLike):
     """``PIL.Image.open`` with the pixels decoded at once (a truncated file fails here, not later
@@ -34,7 +41,7 @@ def opened_image(path: str | os.PathLike):
             im.load()
             yield im
     except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
+        raise MissingImageError(path) from None
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image Pillow can identify") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -73,7 +80,7 @@ def _read_float(path: Path) -> np.ndarray:
     from support.data.dicom import DicomError, is_dicom_file, read_dicom
 
     if not path.is_file():
-        raise ImageReadError(path, "file not found")
+        raise MissingImageError(path)
     if is_dicom_file(path):
         try:
             pixels, _ = read_dicom(path)
@@ -100,14 +107,37 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.size
     except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
+        raise MissingImageError(path) from None
     except (UnidentifiedImageError, OSError, DicomError) as exc:
         raise ImageReadError(path, f"cannot read the header ({exc})") from None
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """float [0, 1] -> uint8 with rounding (what a JPEG writer wants)."""
-    return np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+def to_uint8(images):
+    """Float pixels in [0, 1] -> uint8 by rounding ``x * 255`` (computed in float64), clipped.
+
+    The one conversion of the project: a numpy array gives a numpy array, a torch tensor a torch
+    tensor (on the CPU), of the same shape.
+    """
+    if hasattr(images, "detach"):  # a torch tensor
+        import torch
+
+        x = images.detach().cpu().double()
+        return torch.clamp(torch.round(x * 255.0), 0, 255).to(torch.uint8)
+    return np.clip(np.rint(np.asarray(images, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A uint8 (H, W) array as lossless 8-bit grayscale PNG bytes; the same array gives the same bytes."""
+    import io
+
+    from PIL import Image
+
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 2:
+        raise ValueError(f"PNG: expected a uint8 (H, W) grayscale array, got {arr.dtype} {arr.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr), mode="L").save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -83,6 +83,12 @@ def make_dicom_id(*key: Any) -> str:
     return "-".join(digest[i:i + 8] for i in range(0, 40, 8))
 
 
+def image_relpath(subject_id, study_id, dicom_id) -> Path:
+    """``files/pXX/pSUBJECT/sSTUDY/DICOM_ID.jpg``: where the layout keeps an image, ids checked."""
+    s = _subject(subject_id)
+    return Path("files") / f"p{s[:2]}" / f"p{s}" / f"s{_study(study_id)}" / f"{_dicom(dicom_id)}.jpg"
+
+
 def _check_id(value: Any, pattern: re.Pattern, what: str, example: str) -> str:
     text = str(value)
     if not pattern.fullmatch(text):
@@ -273,8 +279,7 @@ class MimicLayoutWriter:
     # ---------------------------------------------------------------------------- images
     def image_path(self, subject_id, study_id, dicom_id) -> Path:
         """``root/files/pXX/pSUBJECT/sSTUDY/DICOM_ID.jpg``."""
-        s = _subject(subject_id)
-        return self.root / "files" / f"p{s[:2]}" / f"p{s}" / f"s{_study(study_id)}" / f"{_dicom(dicom_id)}.jpg"
+        return self.root / image_relpath(subject_id, study_id, dicom_id)
 
     def report_path(self, subject_id, study_id) -> Path:
         """``root/files/pXX/pSUBJECT/sSTUDY.txt``."""

@@ -1,11 +1,39 @@
-"""Noise schedules, training targets and loss weights of the forward diffusion process."""
+"""The forward diffusion process shared by every diffusion model here (DDPM, T2I-LoRA, RePaint,
+XGeM): noise schedules, the training scheduler, training targets, loss weights and the samplers
+built from it."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal, Mapping
 
 import numpy as np
 import torch
 
-from support.diffusion.config import NoiseConfig
+from support.params import Check, Checked
+
+SAMPLERS = ("ddpm", "ddim", "dpmsolver++", "pndm")
+
+
+@dataclass
+class NoiseConfig(Checked):
+    """The forward process and what the network predicts."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "cosine", "sigmoid"] = "sigmoid"
+    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
+    beta_start: float = 1e-4        # linear schedule only
+    beta_end: float = 0.02          # linear schedule only
+    sigmoid_start: float = -3.0     # sigmoid schedule (Jabri et al. 2022) only
+    sigmoid_end: float = 3.0
+    sigmoid_tau: float = 1.0
+    clip_sample: bool = True        # clip the predicted x0 to [-1, 1] while sampling
+
+    def checks(self) -> Iterable[Check]:
+        yield self.num_train_timesteps >= 2, "num_train_timesteps", "at least 2"
+        yield 0 < self.beta_start < self.beta_end < 1, "beta_start", "in (0, beta_end), with beta_end < 1"
+        yield self.sigmoid_start < self.sigmoid_end, "sigmoid_start", "below sigmoid_end"
+        yield self.sigmoid_tau > 0, "sigmoid_tau", "positive"
 
 
 def sigmoid_betas(num_timesteps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0,
@@ -95,3 +123,19 @@ def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torc
     if weights is not None:
         per_sample = per_sample * weights.to(per_sample)
     return per_sample.mean()
+
+
+def make_sampler(name: str, training_scheduler_config: Mapping[str, Any]):
+    """A fresh diffusers scheduler ``name`` built ``from_config`` of the training scheduler."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
+
+    if name == "ddpm":
+        return DDPMScheduler.from_config(training_scheduler_config)
+    if name == "ddim":
+        return DDIMScheduler.from_config(training_scheduler_config)
+    if name == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config(training_scheduler_config, algorithm_type="dpmsolver++",
+                                                       solver_order=2)
+    if name == "pndm":
+        return PNDMScheduler.from_config(training_scheduler_config)
+    raise ValueError(f"sampler {name!r}: expected one of {list(SAMPLERS)}")
