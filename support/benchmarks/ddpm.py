@@ -2,7 +2,7 @@
 
 ``python -m support.benchmarks.ddpm [--profile quick] [--out result.json]``
 
-Ours: training images/s of :func:`support.diffusion.train.train_ddpm` itself (its own per-update
+Ours: training images/s of :func:`support.ddpm.train.train_ddpm` itself (its own per-update
 timing, warm-up updates dropped) and sampling images/s of :func:`sample_images` per sampler.
 Theirs: ``Unet`` + ``GaussianDiffusion`` at the same base width, multipliers, resolution,
 timesteps, objective (v) and schedule (sigmoid), trained by the inner loop of their ``Trainer``
@@ -69,8 +69,8 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> float:
 # ------------------------------------------------------------------------------------ ours
 def ours_training_rate(config, batch_size: int, updates: int, warmup: int, device: str) -> float:
     """Images/s of ``train_ddpm`` over ``updates`` updates after ``warmup`` (its own timing)."""
-    from support.diffusion.data import SyntheticDiscs
-    from support.diffusion.train import train_ddpm
+    from support.ddpm.data import SyntheticDiscs
+    from support.ddpm.train import train_ddpm
 
     total = warmup + updates
     train = dataclasses.replace(config.train, max_steps=total, batch_size=batch_size, gradient_accumulation_steps=1,
@@ -99,7 +99,7 @@ def reference_training_rate(reference, config, batch_size: int, updates: int, wa
                             autocast_dtype) -> float:
     """Images/s of their ``Trainer`` inner loop: loss, backward, clip 1, Adam, EMA (every 10)."""
     _, GaussianDiffusion, EMA = reference
-    from support.diffusion.data import SyntheticDiscs
+    from support.ddpm.data import SyntheticDiscs
 
     net, common = reference_models(reference, config, device)
     diffusion = GaussianDiffusion(net, **common).to(device)
@@ -143,10 +143,11 @@ def run(profile: str = "quick", train_batch: int = 8, train_updates: int = 6, wa
         reference_path: str | None = None, device: str = "auto", threads: int | None = None) -> dict:
     """Measure both implementations; return a JSON-ready result (also printed by ``main``)."""
     from support.devices import pick_device, pick_dtype
-    from support.diffusion.config import ddpm_config
-    from support.diffusion.model import build_unet, count_parameters
-    from support.diffusion.sampling import make_sampler, sample_images
-    from support.diffusion.schedules import make_noise_scheduler
+    from support.ddpm.config import ddpm_config
+    from support.ddpm.model import build_unet, count_parameters
+    from support.core.schedules import make_sampler
+    from support.ddpm.sampling import sample_images
+    from support.core.schedules import make_noise_scheduler
 
     if threads:
         torch.set_num_threads(threads)

@@ -45,8 +45,7 @@ def write_tiny_ddpm(folder: str | os.PathLike, sample_size: int = 32, seed: int 
     import torch
     from diffusers import DDPMPipeline, UNet2DModel
 
-    from support.diffusion.config import NoiseConfig
-    from support.diffusion.schedules import make_noise_scheduler
+    from support.core.schedules import NoiseConfig, make_noise_scheduler
 
     torch.manual_seed(seed)
     unet = UNet2DModel(sample_size=sample_size, in_channels=1, out_channels=1, block_out_channels=(16, 32),

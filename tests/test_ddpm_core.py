@@ -1,11 +1,13 @@
 """DDPM building blocks: profiles, noise schedules, loss weights, UNet layout, checkpoints, metric."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from support.diffusion.config import SamplingConfig, ddpm_config, sampling_config
-from support.diffusion.schedules import (
+from support.ddpm.config import SamplingConfig, ddpm_config, sampling_config
+from support.core.schedules import (
     diffusion_loss,
     loss_weights,
     make_noise_scheduler,
@@ -33,7 +35,7 @@ def test_full_profile_is_isynmed_configuration():
 def test_full_unet_has_full_attention_at_the_innermost_level_only():
     from diffusers.models.attention_processor import Attention
 
-    from support.diffusion.model import block_types, build_unet
+    from support.ddpm.model import block_types, build_unet
 
     cfg = ddpm_config("full").unet
     assert block_types(cfg) == (("DownBlock2D",) * 3 + ("AttnDownBlock2D",),
@@ -139,71 +141,25 @@ def test_plain_loss_and_bad_weighting():
 
 
 # ------------------------------------------------------------------------------------ checkpoints
-def test_checkpoint_roundtrip_and_retention(tmp_path):
-    import random
+def test_a_checkpoint_of_another_unet_is_refused_naming_the_field(tmp_path):
+    from support.ddpm.data import SyntheticDiscs
+    from support.ddpm.train import train_ddpm
 
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-
-    from support.diffusion.checkpoints import (
-        latest_checkpoint,
-        list_checkpoints,
-        load_checkpoint,
-        prune_checkpoints,
-        rng_state,
-        save_checkpoint,
-    )
-
-    def parts(seed):
-        torch.manual_seed(seed)
-        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        sched = get_scheduler("cosine", opt, num_warmup_steps=2, num_training_steps=10)
-        return model, EMAModel(model.parameters(), decay=0.9), opt, sched
-
-    model, ema, opt, sched = parts(0)
-    for _ in range(3):
-        model(torch.randn(5, 3)).pow(2).sum().backward()
-        opt.step(), sched.step(), opt.zero_grad()
-        ema.step(model.parameters())
-    torch.manual_seed(99), np.random.seed(7), random.seed(5)
-    for step in (3, 6, 9):
-        save_checkpoint(tmp_path, step, model=model, ema=ema, optimizer=opt, lr_scheduler=sched,
-                        rng_states=[rng_state()], extra={"history": {"loss": [1.0]}})
-    expected_draws = (torch.rand(3), np.random.rand(2), random.random())
-    (tmp_path / ".tmp-checkpoint-00000012-1").mkdir()          # an interrupted save is ignored
-    (tmp_path / "checkpoint-00000015").mkdir()                  # so is a folder without state.json
-    assert [p.name for p in list_checkpoints(tmp_path)] == [f"checkpoint-0000000{s}" for s in (3, 6, 9)]
-    prune_checkpoints(tmp_path, 2)
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-00000006", "checkpoint-00000009"]
-
-    model2, ema2, opt2, sched2 = parts(1)
-    state = load_checkpoint(latest_checkpoint(tmp_path), model=model2, ema=ema2, optimizer=opt2,
-                            lr_scheduler=sched2, rank=0)
-    assert state["step"] == 9 and state["history"] == {"loss": [1.0]}
-    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
-        assert torch.equal(a, b)
-    for a, b in zip(ema.shadow_params, ema2.shadow_params):
-        assert torch.equal(a, b)
-    assert ema2.optimization_step == ema.optimization_step == 3
-    assert sched2.get_last_lr() == sched.get_last_lr() and sched2.last_epoch == 3
-    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
-    assert all(torch.equal(s1[k]["exp_avg_sq"], s2[k]["exp_avg_sq"]) and torch.equal(s1[k]["step"], s2[k]["step"])
-               for k in s1)
-    draws = (torch.rand(3), np.random.rand(2), random.random())   # RNG streams continue where they were
-    assert torch.equal(draws[0], expected_draws[0]) and np.array_equal(draws[1], expected_draws[1])
-    assert draws[2] == expected_draws[2]
-
-    other = torch.nn.Sequential(torch.nn.Linear(3, 5))
-    with pytest.raises(ValueError, match="does not match the model"):
-        load_checkpoint(latest_checkpoint(tmp_path), model=other, ema=EMAModel(other.parameters()),
-                        optimizer=torch.optim.Adam(other.parameters()), lr_scheduler=sched2)
+    cfg = ddpm_config("test", {"train": {"max_steps": 2, "checkpoint_every": 2, "validate_every": 0,
+                                         "sample_grid_steps": 1}})
+    train_ddpm(cfg, SyntheticDiscs(8, 16), tmp_path)
+    state = json.loads((tmp_path / "checkpoints" / "checkpoint-00000002" / "state.json").read_text())
+    assert set(state["files"]) >= {"model.safetensors", "ema.safetensors", "optimizer.safetensors"}
+    assert state["task_state"]["ema"]["optimization_step"] == 1          # EMA every 2nd update, 2 updates
+    other = ddpm_config("test", {"unet": {"base_channels": 16}, "train": {"max_steps": 4, "validate_every": 0}})
+    with pytest.raises(ParameterError, match=r"other \['unet.base_channels'\]"):
+        train_ddpm(other, SyntheticDiscs(8, 16), tmp_path)
 
 
 # ------------------------------------------------------------------------------------ metric
 def test_pixel_frechet_separates_distributions():
-    from support.diffusion.data import SyntheticDiscs
-    from support.diffusion.sampling import pixel_frechet
+    from support.ddpm.data import SyntheticDiscs
+    from support.ddpm.sampling import pixel_frechet
 
     a = SyntheticDiscs(300, 32, seed=0).images
     b = SyntheticDiscs(300, 32, seed=1).images

@@ -2,46 +2,30 @@
 
 Sample ``i`` always uses seed ``base_seed + i`` (its own CPU generator for the initial noise and
 for every stochastic step), so any subset can be regenerated alone and GPU and CPU start from the
-same noise. Across processes the pending seeds are dealt out round-robin: each rank writes its
-own JPEG files (atomically), rank 0 gathers what was written and registers the rows, and only
-rank 0 writes the CSV tables. Rerunning skips every sample whose file is already there.
+same noise. Sharding across processes, atomic writes, registration and resuming are the shared
+sample writer's (:mod:`support.core.sample_writer`).
 
-Shell: ``accelerate launch -m support.diffusion.sampling --config sample.yaml``.
+Shell: ``accelerate launch -m support.ddpm.sampling --config sample.yaml``.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
-import math
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from support.diffusion.config import SamplingConfig, sampling_config
+from support.core.schedules import make_sampler
+from support.core.sample_writer import Generated, PlannedImage, PlannedStudy, study_ids, write_samples
+from support.ddpm.config import SamplingConfig, sampling_config
 
-SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
 PROVENANCE_COLUMNS = ("generator", "checkpoint_sha256", "sampler", "steps", "seed")
 UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
-
-
-def make_sampler(name: str, training_scheduler_config: Mapping[str, Any]):
-    """A fresh diffusers scheduler for ``name`` built ``from_config`` of the training scheduler."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-
-    if name == "ddpm":
-        return DDPMScheduler.from_config(training_scheduler_config)
-    if name == "ddim":
-        return DDIMScheduler.from_config(training_scheduler_config)
-    if name == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config(training_scheduler_config, algorithm_type="dpmsolver++",
-                                                       solver_order=2)
-    raise ValueError(f"sampler {name!r}: expected one of {list(SAMPLERS)}")
 
 
 @torch.no_grad()
@@ -80,13 +64,6 @@ def sample_images(unet, scheduler, seeds: Sequence[int], steps: int, *, device=N
     return (x / 2 + 0.5).clamp(0, 1).cpu()
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 1, H, W) floats in [0, 1] -> uint8 (N, H, W) grayscale."""
-    if images.ndim != 4 or images.shape[1] != 1:
-        raise ValueError(f"expected (N, 1, H, W) grayscale images, got {tuple(images.shape)}")
-    return (images[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-
-
 def load_pipeline(path: str | os.PathLike, device: str = "auto", dtype: str = "auto"):
     """A saved ``DDPMPipeline`` folder on ``device`` (``support.devices`` rule), network in ``dtype``."""
     from diffusers import DDPMPipeline
@@ -113,107 +90,57 @@ def checkpoint_sha256(pipeline_dir: str | os.PathLike) -> str:
     return sha256_file(path)
 
 
-def shard(items: Sequence, rank: int, world: int) -> list:
-    """Rank ``rank``'s share of ``items`` (round-robin): shares are disjoint and cover ``items``."""
-    if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} outside 0..{world - 1}")
-    return list(items[rank::world])
-
-
-def sample_plan(cfg: SamplingConfig, sha256: str) -> list[dict[str, Any]]:
-    """Seed and MIMIC-style ids of every requested sample (ids follow from weights, sampler, seed)."""
-    from support.data.writer import make_dicom_id, make_study_id, make_subject_id
+def sample_plan(cfg: SamplingConfig, sha256: str) -> list[PlannedStudy]:
+    """One single-image study per requested sample; ids follow from the weights, sampler and seed."""
+    from support.data.writer import make_dicom_id
 
     plan = []
     for i in range(cfg.num_samples):
         seed = cfg.base_seed + i
-        plan.append({"seed": seed, "subject_id": make_subject_id(seed), "study_id": make_study_id(seed),
-                     "dicom_id": make_dicom_id(cfg.generator_name, sha256, cfg.sampler, cfg.steps, seed)})
+        subject, study = study_ids(seed)
+        provenance = {"generator": cfg.generator_name, "checkpoint_sha256": sha256, "sampler": cfg.sampler,
+                      "steps": cfg.steps, "seed": seed}
+        image = PlannedImage(make_dicom_id(cfg.generator_name, sha256, cfg.sampler, cfg.steps, seed), cfg.view,
+                             provenance)
+        plan.append(PlannedStudy(seed, subject, study, [image]))
     return plan
 
 
 def sample_to_dataset(pipeline_dir: str | os.PathLike, root: str | os.PathLike, cfg: SamplingConfig,
-                      accelerator=None) -> dict[str, Any]:
+                      accelerator=None, progress: bool = True) -> dict[str, Any]:
     """Write ``cfg.num_samples`` images of the pipeline under ``root`` (MIMIC-CXR-JPG layout).
 
     Provenance columns: generator, checkpoint_sha256, sampler, steps, seed. Runs on every process
-    of ``accelerator`` (one made here when None) and returns, on every rank, a summary:
+    (of ``accelerator`` or of the ``accelerate launch``) and returns, on every rank, a summary:
     requested, already present, generated (by all ranks), images/s of this run.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list, gather_object
-    from tqdm.auto import tqdm
+    from accelerate import PartialState
 
-    from support.data.writer import MimicLayoutWriter, encode_jpeg
-    from support.io import write_bytes_atomic
+    from support.data.images import to_uint8
 
     cfg = cfg.validate()
-    accelerator = accelerator or Accelerator(cpu=cfg.device == "cpu")
-    rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    device = accelerator.device if cfg.device == "auto" else torch.device(cfg.device)
+    state = accelerator.state if accelerator is not None else PartialState(cpu=cfg.device == "cpu" or not
+                                                                           torch.cuda.is_available())
+    device = state.device if cfg.device == "auto" else torch.device(cfg.device)
     pipe = load_pipeline(pipeline_dir, device=str(device), dtype=cfg.dtype)
     unet = pipe.unet
-    rows, columns = (unet.config.sample_size,) * 2 if isinstance(unet.config.sample_size, int) \
-        else tuple(unet.config.sample_size)
     if unet.config.in_channels != 1:
         raise ValueError(f"{pipeline_dir}: the UNet makes {unet.config.in_channels}-channel images; "
                          f"the MIMIC-CXR-JPG layout holds grayscale radiographs")
-
-    writer = None
-    message: list[Any] = [None]
-    if is_main:
-        sha = checkpoint_sha256(pipeline_dir)
-        writer = MimicLayoutWriter(root, cfg.dataset_name, provenance_columns=PROVENANCE_COLUMNS,
-                                   info={"generator": cfg.generator_name, "checkpoint_sha256": sha,
-                                         "sampler": cfg.sampler, "steps": cfg.steps,
-                                         "prediction_type": pipe.scheduler.config.prediction_type})
-        pending, present = [], 0
-        for item in sample_plan(cfg, sha):
-            item["path"] = str(writer.image_path(item["subject_id"], item["study_id"], item["dicom_id"]))
-            if writer.has_image(item["dicom_id"]):
-                present += 1
-            elif Path(item["path"]).is_file():  # written by an interrupted run, not yet registered
-                _register(writer, item, cfg, sha, rows, columns)
-                present += 1
-            else:
-                pending.append(item)
-        message = [{"sha": sha, "pending": pending, "present": present}]
-    message = broadcast_object_list(message, from_process=0) if world > 1 else message
-    sha, pending, present = message[0]["sha"], message[0]["pending"], message[0]["present"]
-
-    mine = shard(pending, rank, world)
-    rounds = math.ceil(math.ceil(len(pending) / world) / cfg.batch_size) if pending else 0
+    sha = checkpoint_sha256(pipeline_dir)
     scheduler = make_sampler(cfg.sampler, pipe.scheduler.config)
-    start, generated = time.perf_counter(), 0
-    try:
-        for r in tqdm(range(rounds), disable=not is_main, desc=f"sample {cfg.sampler}", unit="batch"):
-            batch = mine[r * cfg.batch_size:(r + 1) * cfg.batch_size]
-            if batch:
-                seeds = [b["seed"] for b in batch]
-                images = to_uint8(sample_images(unet, scheduler, seeds, cfg.steps, device=device))
-                for item, image in zip(batch, images):
-                    write_bytes_atomic(item["path"], encode_jpeg(image, cfg.jpeg_quality))
-            done = gather_object(list(batch)) if world > 1 else list(batch)
-            generated += len(done)
-            if is_main:
-                for item in done:
-                    _register(writer, item, cfg, sha, rows, columns)
-    finally:
-        if is_main:  # keep the rows registered so far, even when a batch failed
-            writer.close()
-    accelerator.wait_for_everyone()
-    elapsed = time.perf_counter() - start
-    return {"root": str(Path(root).resolve()), "requested": cfg.num_samples, "present": present,
-            "generated": generated, "sampler": cfg.sampler, "steps": cfg.steps, "checkpoint_sha256": sha,
-            "images_per_s": generated / elapsed if generated and elapsed > 0 else None}
 
+    def generate(studies: list[PlannedStudy]) -> list[Generated]:
+        images = sample_images(unet, scheduler, [s.seed for s in studies], cfg.steps, device=device)
+        return [Generated([image]) for image in to_uint8(images[:, 0]).numpy()]
 
-def _register(writer, item: Mapping[str, Any], cfg: SamplingConfig, sha: str, rows: int, columns: int) -> None:
-    writer.add_existing_image(
-        subject_id=item["subject_id"], study_id=item["study_id"], dicom_id=item["dicom_id"], view=cfg.view,
-        split=cfg.split, rows=rows, columns=columns,
-        provenance={"generator": cfg.generator_name, "checkpoint_sha256": sha, "sampler": cfg.sampler,
-                    "steps": cfg.steps, "seed": item["seed"]})
+    identity = {"generator": cfg.generator_name, "checkpoint_sha256": sha, "sampler": cfg.sampler, "steps": cfg.steps}
+    summary = write_samples(root, sample_plan(cfg, sha), generate, dataset_name=cfg.dataset_name,
+                            provenance_columns=PROVENANCE_COLUMNS, identity=identity,
+                            info={"prediction_type": pipe.scheduler.config.prediction_type}, split=cfg.split,
+                            batch_size=cfg.batch_size, jpeg_quality=cfg.jpeg_quality, accelerator=accelerator,
+                            progress=progress, desc=f"sample {cfg.sampler}")
+    return {**summary, **identity}
 
 
 # ------------------------------------------------------------------------------------ quality
@@ -249,7 +176,7 @@ def pixel_frechet(a, b, size: int = 16) -> float:
 def main(argv: list[str] | None = None) -> int:
     from support.params import read_yaml_mapping
 
-    parser = argparse.ArgumentParser(prog="accelerate launch -m support.diffusion.sampling",
+    parser = argparse.ArgumentParser(prog="accelerate launch -m support.ddpm.sampling",
                                      description="Sample a DDPMPipeline folder into a MIMIC-CXR-JPG-layout dataset.")
     parser.add_argument("--config", required=True,
                         help="YAML with pipeline, output_root, profile and SamplingConfig fields")
@@ -259,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     pipeline, root, profile = raw.pop("pipeline"), raw.pop("output_root"), raw.pop("profile", "quick")
     cfg = sampling_config(profile, raw, source=str(path))
     summary = sample_to_dataset(pipeline, root, cfg)
-    print(f"{summary['generated']} generated, {summary['present']} already present, in {summary['root']}")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(f"{summary['generated']} generated by {summary['processes']} process(es), {summary['present']} "
+              f"already present, in {summary['root']}")
     return 0
 
 

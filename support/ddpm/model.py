@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from support.diffusion.config import UNetConfig
+from support.ddpm.config import UNetConfig
 
 
 def block_types(cfg: UNetConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:

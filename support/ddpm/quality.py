@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
-from support.diffusion.sampling import make_sampler, pixel_frechet, sample_images
+from support.core.schedules import make_sampler
+from support.ddpm.sampling import pixel_frechet, sample_images
 
 
 def real_images(records: pd.DataFrame, size: int, n: int | None = None, split: str = "test",
@@ -76,15 +76,3 @@ def plot_quality_vs_steps(table: pd.DataFrame):
     ax.set_xlabel("denoising steps")
     fig.tight_layout()
     return fig
-
-
-def image_grid(images: torch.Tensor, ncol: int = 8) -> np.ndarray:
-    """(N, 1, H, W) in [0, 1] -> one uint8 mosaic, ``ncol`` images a row."""
-    n, _, h, w = images.shape
-    nrow = -(-n // ncol)
-    grid = np.zeros((nrow * h, ncol * w), dtype=np.uint8)
-    arr = (images[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    for i in range(n):
-        r, c = divmod(i, ncol)
-        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = arr[i]
-    return grid

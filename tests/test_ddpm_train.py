@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from support.diffusion.config import ddpm_config
-from support.diffusion.data import SyntheticDiscs
-from support.diffusion.train import NonFiniteLossError, train_ddpm
+from support.ddpm.config import ddpm_config
+from support.ddpm.data import SyntheticDiscs
+from support.ddpm.train import NonFiniteLossError, train_ddpm
 from sabotage import Sabotaged
 from support.io import load_state_dict
 
@@ -83,8 +83,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_saved_pipeline_holds_ema_weights_and_matches_the_sampler(uninterrupted):
     from diffusers import DDPMPipeline
 
-    from support.diffusion.model import build_unet
-    from support.diffusion.sampling import make_sampler, sample_images
+    from support.ddpm.model import build_unet
+    from support.core.schedules import make_sampler
+    from support.ddpm.sampling import sample_images
 
     out, _ = uninterrupted
     pipe = DDPMPipeline.from_pretrained(out / "pipeline")

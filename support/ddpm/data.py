@@ -10,15 +10,17 @@ import dataclasses
 import os
 import warnings
 from pathlib import Path
+from typing import Iterable
 
-import numpy as np
 import torch
+
+from support.params import Check, Checked
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 @dataclasses.dataclass
-class ImageDataConfig:
+class ImageDataConfig(Checked):
     """Where the training (and validation) images are."""
 
     train: Path
@@ -28,29 +30,21 @@ class ImageDataConfig:
     views: tuple[str, ...] = ("PA", "AP")
     limit: int | None = None                # at most this many training images (sorted order)
 
+    title = "image data parameters"
+
+    def checks(self) -> Iterable[Check]:
+        yield len(self.views) > 0, "views", "a non-empty list of views"
+        yield self.limit is None or self.limit >= 1, "limit", "at least 1, or null for all"
+
 
 def load_image(path: str | os.PathLike, size: int, channels: int = 1) -> torch.Tensor:
-    """One image file -> float32 (channels, size, size) in [-1, 1]."""
-    from PIL import Image, UnidentifiedImageError
+    """One image file -> float32 (channels, size, size) in [-1, 1]: the data layer's reader
+    (every failure an ``ImageReadError`` naming the file), short side resized, centre crop."""
+    from support.data.images import fit_square, read_image
 
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("I;16", "I;16B", "I", "F"):  # 16-bit/float radiographs: scale by their own range
-                arr = np.asarray(im, dtype=np.float32)
-                lo, hi = float(arr.min()), float(arr.max())
-                im = Image.fromarray(((arr - lo) / max(hi - lo, 1e-6) * 255).round().astype(np.uint8))
-            im = im.convert("L" if channels == 1 else "RGB")
-            w, h = im.size
-            scale = size / min(w, h)
-            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-            w, h = im.size
-            left, top = (w - size) // 2, (h - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-            arr = np.asarray(im, dtype=np.float32)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ValueError(f"{path}: cannot read image ({exc})") from None
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(arr / 127.5 - 1.0)
+    arr = fit_square(read_image(path), size, "crop")
+    image = torch.from_numpy(arr * 2.0 - 1.0)[None]
+    return image.expand(channels, -1, -1).contiguous() if channels > 1 else image
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -102,6 +96,7 @@ def image_datasets(cfg: ImageDataConfig, size: int, channels: int = 1) -> tuple[
     """Training and validation datasets of ``cfg`` (validation None when there is none)."""
     from support.data.writer import METADATA_CSV
 
+    cfg = cfg.validate()
     train_files = list_images(cfg.train, cfg.train_split, cfg.views)
     if cfg.limit is not None:
         train_files = train_files[:cfg.limit]
