@@ -147,11 +147,11 @@ def test_before_after_images_and_finding_rates(records, trained, tmp_path, monke
     # 06_evaluation asks for the same classifier (same records, config, cache): loaded, not retrained
     from support.eval import reference_encoder as ref
     from support.eval.sets import real_reference_encoder
-    from support.t2i.evaluate import records_fingerprint
+    from support.data.fingerprint import dataset_fingerprint
 
     monkeypatch.setattr(ref, "train_reference_encoder", lambda *a, **k: pytest.fail("retrained"))
     again = real_reference_encoder(records, tmp_path / "reference", classifier.config,
-                                   fingerprint=records_fingerprint(records))
+                                   fingerprint=dataset_fingerprint(records))
     assert torch.allclose(again.predict_proba(torch.from_numpy(pair["after"])[:, None]), torch.from_numpy(scores), atol=1e-6)
 
 

@@ -17,13 +17,14 @@ from support.t2i.captions import train_caption_tokenizer
 from support.t2i.config import t2i_config
 from support.t2i.data import SyntheticCaptioned
 from support.t2i.lora import LORA_WEIGHTS, load_lora
-from support.t2i.sampling import generate_images, to_uint8
+from support.data.images import to_uint8
+from support.t2i.sampling import generate_images
 from support.t2i.train import NonFiniteLossError, train_lora
 
 torch.set_num_threads(1)
 
 # 8 images, batch 2: 4 updates per epoch, so 6 updates cross an epoch boundary (validation at its end).
-CONFIG = t2i_config("test", {"train": {"max_steps": 6, "checkpoint_every": 2, "validation_every_epochs": 1}})
+CONFIG = t2i_config("test", {"train": {"max_steps": 6, "checkpoint_every": 2, "sample_every_epochs": 1}})
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def training_rate(pipe, config, batch_size: int, updates: int, warmup: int, reso
     total = warmup + updates
     train = dataclasses.replace(config.train, max_steps=total, batch_size=batch_size, gradient_accumulation_steps=1,
                                 log_every=1, checkpoint_every=total, validation_prompts=(),
-                                validation_every_epochs=0, resume=None, resolution=resolution)
+                                sample_every_epochs=0, resume=None, resolution=resolution)
     cfg = dataclasses.replace(config, train=train)
     data = SyntheticCaptioned(batch_size * total, resolution, channels=int(pipe.vae.config.in_channels))
     _reset_accelerate()

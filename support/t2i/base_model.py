@@ -16,7 +16,7 @@ be built with random weights for speed and memory measurements.
 from __future__ import annotations
 
 import hashlib
-import math
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,9 +25,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from support.core import trainer
 from support.io import read_json, sha256_file, write_json_atomic
 from support.params import to_dict
-from support.t2i.config import BaseModelConfig, DEFAULT_TEMPLATE
+from support.t2i.config import DEFAULT_TEMPLATE, BaseModelConfig, LDMTrainConfig, VAETrainConfig
+from support.t2i.objective import collate_captioned, latent_diffusion_loss
 
 BASE_INFO_JSON = "base_model.json"
 PIPELINE_DIR = "pipeline"
@@ -201,47 +203,111 @@ def pipeline_resolution(pipe) -> int:
 
 
 # ------------------------------------------------------------------ pretraining the small model
-def _records_fingerprint(dataset) -> str:
-    return dataset.content_fingerprint()
+class KLAutoencoder(torch.nn.Module):
+    """The autoencoder's objective as a module (so a distributed wrapper sees it): L1 reconstruction
+    of a latent sample plus ``kl_weight`` x the KL to the unit Gaussian per latent element."""
+
+    def __init__(self, vae, kl_weight: float):
+        super().__init__()
+        self.vae, self.kl_weight = vae, float(kl_weight)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        posterior = self.vae.encode(x).latent_dist
+        z = posterior.sample(generator=generator)
+        recon = self.vae.decode(z).sample
+        return (recon - x).abs().mean() + self.kl_weight * posterior.kl().mean() / z[0].numel()
 
 
-def _batches(dataset, batch_size: int, seed: int, num_workers: int):
-    """Endless shuffled batches; epoch e shuffles with seed + e."""
-    from torch.utils.data import DataLoader
+class AutoencoderTask(trainer.Task):
+    """Stage 1: the grayscale autoencoder learns to reconstruct radiographs."""
 
-    epoch = 0
-    while True:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) >= batch_size,
-                            num_workers=num_workers, generator=torch.Generator().manual_seed(seed + epoch))
-        yield from loader
-        epoch += 1
+    name = "base-vae"
+
+    def __init__(self, pipe, train_set, config: VAETrainConfig, key: dict):
+        self.pipe, self.train_set, self.config, self.key = pipe, train_set, config, key
+
+    def setup(self) -> trainer.Parts:
+        return trainer.Parts(models=[KLAutoencoder(self.pipe.vae, self.config.kl_weight)])
+
+    def loss(self, batch, step: trainer.Step) -> torch.Tensor:
+        return self.models[0](batch["pixel_values"].to(self.ctx.device), step.generator)
+
+    def resume_key(self) -> dict:
+        return self.key
+
+
+class TextToImageTask(trainer.Task):
+    """Stage 2: UNet and text encoder learn to denoise latents of the frozen autoencoder from the
+    view captions (some dropped, for classifier-free guidance)."""
+
+    name = "base-ldm"
+    collate_fn = staticmethod(collate_captioned)
+
+    def __init__(self, pipe, train_set, config: LDMTrainConfig, key: dict):
+        self.pipe, self.train_set, self.config, self.key = pipe, train_set, config, key
+
+    def setup(self) -> trainer.Parts:
+        from diffusers import DDPMScheduler
+
+        self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
+        self.pipe.vae.requires_grad_(False).eval().to(self.ctx.device)
+        return trainer.Parts(models=[self.pipe.unet, self.pipe.text_encoder])
+
+    def loss(self, batch, step: trainer.Step) -> torch.Tensor:
+        unet, text_encoder = self.models
+        return latent_diffusion_loss(batch, step.generator, vae=self.pipe.vae, text_encoder=text_encoder,
+                                     tokenizer=self.pipe.tokenizer, unet=unet, noise_scheduler=self.noise_scheduler,
+                                     device=self.ctx.device, caption_dropout=self.config.caption_dropout,
+                                     train_text_encoder=True)
+
+    def resume_key(self) -> dict:
+        return self.key
+
+
+@torch.no_grad()
+def latent_scaling(vae, data, max_images: int = 256, batch_size: int = 64) -> float:
+    """1 / std of the latent means of the first ``max_images`` items: latents at unit variance,
+    as SD's 0.18215 puts its autoencoder's."""
+    device = next(vae.parameters()).device
+    n = min(max_images, len(data))
+    latents = []
+    for start in range(0, n, batch_size):
+        x = torch.stack([data[i]["pixel_values"] for i in range(start, min(n, start + batch_size))]).to(device)
+        latents.append(vae.encode(x).latent_dist.mean.float().cpu())
+    return float(1.0 / torch.cat(latents).std().clamp_min(1e-6))
+
+
+def _first_last(losses: list[float]) -> list[float] | None:
+    if not losses:
+        return None
+    window = max(1, min(20, len(losses) // 4))
+    return [float(np.mean(losses[:window])), float(np.mean(losses[-window:]))]
 
 
 def pretrain_base_model(records: pd.DataFrame, output_dir: str | os.PathLike, config: BaseModelConfig,
                         progress: bool = True) -> Path:
     """Pretrain the small base model on the training split; return its pipeline folder.
 
-    Writes ``output_dir/pipeline/`` (a ``StableDiffusionPipeline``) and then
-    ``output_dir/base_model.json`` (config, data fingerprint, losses). A folder already holding a
-    model of the same config and data is reused as it is.
+    Two runs of the shared trainer (resumable, checkpointed under ``output_dir/training/<key>/``):
+    the autoencoder, then the UNet and text encoder on view captions. Writes
+    ``output_dir/pipeline/`` (a ``StableDiffusionPipeline``) and then ``output_dir/base_model.json``
+    (config, data fingerprint, losses). A folder already holding a model of the same config and
+    data is reused as it is. Under ``accelerate launch`` every process takes part.
     """
-    from diffusers import DDPMScheduler
-    from tqdm.auto import tqdm
+    from accelerate import PartialState
 
-    from support.devices import pick_device
-    from support.seeding import seed_everything, torch_generator
+    from support.data.fingerprint import dataset_fingerprint
     from support.t2i.captions import caption_stats, record_caption, train_caption_tokenizer
     from support.t2i.data import CaptionedImages
 
     config = config.validate()
     out = Path(output_dir).expanduser().resolve()
-    p = config.pretrain
     data = CaptionedImages(records, config.resolution, channels=1, template=config.caption_template,
                            views=config.views, splits=("train",), random_crop=False)
     if len(data) < 2:
         raise ValueError(f"base model pretraining: {len(data)} training image(s) of views {list(config.views)}; "
                          f"need at least 2 ({data.summary})")
-    fingerprint = _records_fingerprint(data)
+    fingerprint = dataset_fingerprint(data)
     info_path = out / BASE_INFO_JSON
     if info_path.is_file():
         info = read_json(info_path)
@@ -249,90 +315,36 @@ def pretrain_base_model(records: pd.DataFrame, output_dir: str | os.PathLike, co
                 and (out / PIPELINE_DIR / "model_index.json").is_file():
             return out / PIPELINE_DIR
 
-    seed_everything(p.seed)
-    device = pick_device(p.device)
     # The tokenizer learns the report vocabulary; the model sees only the view captions.
     corpus = [record_caption(r, DEFAULT_TEMPLATE) for r in data.records.to_dict("records")]
     tokenizer = train_caption_tokenizer(corpus, config.text.vocab_size, config.text.max_length)
-    pipe = build_small_pipeline(config, tokenizer, seed=p.seed)
-    vae, unet, text_encoder = pipe.vae.to(device), pipe.unet.to(device), pipe.text_encoder.to(device)
+    pipe = build_small_pipeline(config, tokenizer, seed=config.vae_training.seed)
+    key = {"base": to_dict(config), "data_fingerprint": fingerprint}
+    runs = out / "training" / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
-    # 1. the autoencoder: L1 reconstruction + a small KL to the unit Gaussian
-    vae.train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=p.vae_learning_rate, weight_decay=0.0)
-    vae_losses: list[float] = []
-    batches = _batches(data, p.vae_batch_size, p.seed, p.num_workers)
-    for step in tqdm(range(p.vae_steps), desc="base model: VAE", disable=not progress, leave=False):
-        x = next(batches)["pixel_values"].to(device)
-        posterior = vae.encode(x).latent_dist
-        z = posterior.sample(generator=torch_generator(p.seed * 1_000_003 + step, device.type))
-        recon = vae.decode(z).sample
-        kl = posterior.kl().mean() / z[0].numel()
-        loss = (recon - x).abs().mean() + p.kl_weight * kl
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"base model pretraining: non-finite VAE loss at step {step + 1}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), p.max_grad_norm)
-        opt.step()
-        vae_losses.append(float(loss.detach()))
-    vae.eval().requires_grad_(False)
+    vae_history = trainer.fit(AutoencoderTask(pipe, data, config.vae_training, key), config.vae_training,
+                              runs / "vae", progress=progress)
+    pipe.vae.eval().requires_grad_(False)
+    scaling = latent_scaling(pipe.vae, data)
+    pipe.vae.register_to_config(scaling_factor=scaling)
+    ldm_history = trainer.fit(TextToImageTask(pipe, data, config.ldm_training, key), config.ldm_training,
+                              runs / "ldm", progress=progress)
+    pipe.unet.eval()
+    pipe.text_encoder.eval()
 
-    # Latents scaled to unit variance, as SD's 0.18215 does for its autoencoder.
-    with torch.no_grad():
-        n_batches = math.ceil(min(256, len(data)) / p.vae_batch_size)
-        sample = torch.cat([next(batches)["pixel_values"] for _ in range(n_batches)])
-        latents = torch.cat([vae.encode(sample[i:i + 64].to(device)).latent_dist.mean
-                             for i in range(0, len(sample), 64)])
-        scaling = float(1.0 / latents.float().std().clamp_min(1e-6))
-    vae.register_to_config(scaling_factor=scaling)
-
-    # 2. UNet + text encoder on view captions (some dropped, for classifier-free guidance)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    unet.train()
-    text_encoder.train()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=p.learning_rate, weight_decay=1e-2)
-    rng = np.random.default_rng(p.seed)
-    unet_losses: list[float] = []
-    batches = _batches(data, p.batch_size, p.seed + 1, p.num_workers)
-    T = noise_scheduler.config.num_train_timesteps
-    for step in tqdm(range(p.unet_steps), desc="base model: UNet", disable=not progress, leave=False):
-        batch = next(batches)
-        x = batch["pixel_values"].to(device)
-        captions = ["" if rng.random() < p.caption_dropout else c for c in batch["caption"]]
-        g = torch_generator(p.seed * 7_000_003 + step, device.type)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.sample(generator=g) * scaling
-        noise = torch.randn(z.shape, generator=g, device=device)
-        t = torch.randint(0, T, (z.shape[0],), generator=g, device=device)
-        ids = tokenizer(captions, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                        return_tensors="pt").input_ids.to(device)
-        pred = unet(noise_scheduler.add_noise(z, noise, t), t, text_encoder(ids)[0]).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"base model pretraining: non-finite UNet loss at step {step + 1}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
-        opt.step()
-        unet_losses.append(float(loss.detach()))
-    unet.eval()
-    text_encoder.eval()
-
-    pipe.to("cpu")
-    save_pipeline(pipe, out / PIPELINE_DIR)
-    window = max(1, min(20, len(unet_losses) // 4))
-    write_json_atomic(info_path, {
-        "format": FORMAT, "config": to_dict(config), "data_fingerprint": fingerprint,
-        "n_images": len(data), "data_summary": data.summary.to_dict(), "scaling_factor": scaling,
-        "tokenizer_vocab": len(tokenizer),
-        "report_captions": caption_stats(corpus, tokenizer),
-        "vae_loss_first_last": [float(np.mean(vae_losses[:window])), float(np.mean(vae_losses[-window:]))]
-        if vae_losses else None,
-        "unet_loss_first_last": [float(np.mean(unet_losses[:window])), float(np.mean(unet_losses[-window:]))],
-        "vae_loss": vae_losses, "unet_loss": unet_losses,
-    })
+    state = PartialState()
+    if state.is_main_process:
+        pipe.to("cpu")
+        save_pipeline(pipe, out / PIPELINE_DIR)
+        write_json_atomic(info_path, {
+            "format": FORMAT, "config": to_dict(config), "data_fingerprint": fingerprint,
+            "n_images": len(data), "data_summary": data.summary.to_dict(), "scaling_factor": scaling,
+            "tokenizer_vocab": len(tokenizer), "report_captions": caption_stats(corpus, tokenizer),
+            "vae_loss_first_last": _first_last(vae_history["loss"]),
+            "unet_loss_first_last": _first_last(ldm_history["loss"]),
+            "vae_loss": vae_history["loss"], "unet_loss": ldm_history["loss"], "training": str(runs),
+        })
+    state.wait_for_everyone()
     return out / PIPELINE_DIR
 
 

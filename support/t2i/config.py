@@ -10,13 +10,13 @@ pretrained on the phantom with captions that name only the view.
 
 from __future__ import annotations
 
-import dataclasses
 import string
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Iterable, Literal
 
-from support.diffusion.config import merge_overrides, preset
-from support.params import ParameterError, from_mapping, to_dict
+from support.core.config import LoopConfig, profile_reader
+from support.core.sample_writer import SampleConfig
+from support.params import Check, Checked, ParameterError
 
 SamplerName = Literal["pndm", "ddim", "dpmsolver++"]
 TextSource = Literal["findings", "impression", "findings+impression", "impression+findings"]
@@ -44,6 +44,15 @@ def check_template(template: str, where: str) -> str:
     if unknown:
         raise ParameterError(f"{where}: {template!r} uses {unknown}; only {{view}} and {{text}} are filled")
     return template
+
+
+def template_ok(template: str) -> bool:
+    """Whether :func:`check_template` accepts ``template``."""
+    try:
+        check_template(template, "template")
+    except ParameterError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------- default base model
@@ -81,26 +90,42 @@ class CondUNetConfig:
 
 
 @dataclass
-class PretrainConfig:
-    """How the default base model learns radiographs: VAE first, then UNet + text encoder."""
+class VAETrainConfig(LoopConfig):
+    """The autoencoder's pretraining: L1 reconstruction + a small KL to the unit Gaussian."""
 
-    vae_steps: int = 200
-    vae_batch_size: int = 8
-    vae_learning_rate: float = 1e-3
-    kl_weight: float = 1e-4                 # on the KL per latent element, beside the per-pixel L1
-    unet_steps: int = 300
-    batch_size: int = 8
+    max_steps: int | None = 200
+    optimizer: Literal["adam", "adamw"] = "adamw"
     learning_rate: float = 1e-3
-    caption_dropout: float = 0.1            # empty captions teach the unconditional branch of CFG
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
+    kl_weight: float = 1e-4                 # on the KL per latent element, beside the per-pixel L1
+    checkpoints_total_limit: int | None = 1
+
+    def checks(self) -> Iterable[Check]:
+        yield from super().checks()
+        yield self.kl_weight >= 0, "kl_weight", "non-negative"
 
 
 @dataclass
-class BaseModelConfig:
-    """The small text-to-image LDM used when no ``base_model`` folder is given."""
+class LDMTrainConfig(LoopConfig):
+    """The UNet and text encoder's pretraining on view captions, the autoencoder frozen."""
+
+    max_steps: int | None = 300
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
+    caption_dropout: float = 0.1            # empty captions teach the unconditional branch of CFG
+    checkpoints_total_limit: int | None = 1
+
+    def checks(self) -> Iterable[Check]:
+        yield from super().checks()
+        yield 0.0 <= self.caption_dropout < 1.0, "caption_dropout", "a probability in [0, 1)"
+
+
+@dataclass
+class BaseModelConfig(Checked):
+    """The small text-to-image LDM used when no ``base_model`` folder is given: the autoencoder is
+    pretrained first (``vae_training``), then the UNet and text encoder (``ldm_training``)."""
+
+    title = "base model parameters"
 
     resolution: int = 64
     views: tuple[str, ...] = ("PA", "AP")
@@ -108,41 +133,34 @@ class BaseModelConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     unet: CondUNetConfig = field(default_factory=CondUNetConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    vae_training: VAETrainConfig = field(default_factory=VAETrainConfig)
+    ldm_training: LDMTrainConfig = field(default_factory=LDMTrainConfig)
 
-    def validate(self) -> "BaseModelConfig":
-        v, u, t, p = self.vae, self.unet, self.text, self.pretrain
+    def checks(self) -> Iterable[Check]:
+        v, u, t = self.vae, self.unet, self.text
         factor = 2 ** (len(v.block_out_channels) - 1)
         levels = len(u.block_out_channels)
-        checks = [
-            (len(v.block_out_channels) >= 1, "vae.block_out_channels", "at least one level"),
-            (self.resolution % (factor * 2 ** (levels - 1)) == 0, "resolution",
-             f"a multiple of {factor * 2 ** (levels - 1)} (VAE downsampling x UNet halvings)"),
-            (all(c % v.norm_num_groups == 0 for c in v.block_out_channels), "vae.norm_num_groups",
-             "a divisor of every VAE level's channels"),
-            (all(c % u.norm_num_groups == 0 for c in u.block_out_channels), "unet.norm_num_groups",
-             "a divisor of every UNet level's channels"),
-            (all(c % u.attention_heads == 0 for c in u.block_out_channels), "unet.attention_heads",
-             "a divisor of every UNet level's channels"),
-            (all(-levels <= a < levels for a in u.cross_attention_levels), "unet.cross_attention_levels",
-             f"level indices in [-{levels}, {levels - 1}]"),
-            (t.hidden_size % t.num_heads == 0, "text.num_heads", "a divisor of text.hidden_size"),
-            (t.max_length >= 8, "text.max_length", "at least 8 tokens"),
-            (t.vocab_size >= 600, "text.vocab_size", "at least 600 (2 x 256 byte symbols + merges)"),
-            (p.vae_steps >= 0 and p.unet_steps > 0, "pretrain.vae_steps/unet_steps", "non-negative / positive"),
-            (0.0 <= p.caption_dropout < 1.0, "pretrain.caption_dropout", "a probability in [0, 1)"),
-            (p.vae_batch_size > 0 and p.batch_size > 0, "pretrain.batch sizes", "positive"),
-        ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise ParameterError(f"base model parameters: {name} must be {expected}")
-        check_template(self.caption_template, "base model parameters: caption_template")
-        return self
+        yield len(v.block_out_channels) >= 1, "vae.block_out_channels", "at least one level"
+        yield self.resolution % (factor * 2 ** (levels - 1)) == 0, "resolution", \
+            f"a multiple of {factor * 2 ** (levels - 1)} (VAE downsampling x UNet halvings)"
+        yield all(c % v.norm_num_groups == 0 for c in v.block_out_channels), "vae.norm_num_groups", \
+            "a divisor of every VAE level's channels"
+        yield all(c % u.norm_num_groups == 0 for c in u.block_out_channels), "unet.norm_num_groups", \
+            "a divisor of every UNet level's channels"
+        yield all(c % u.attention_heads == 0 for c in u.block_out_channels), "unet.attention_heads", \
+            "a divisor of every UNet level's channels"
+        yield all(-levels <= a < levels for a in u.cross_attention_levels), "unet.cross_attention_levels", \
+            f"level indices in [-{levels}, {levels - 1}]"
+        yield t.hidden_size % t.num_heads == 0, "text.num_heads", "a divisor of text.hidden_size"
+        yield t.max_length >= 8, "text.max_length", "at least 8 tokens"
+        yield t.vocab_size >= 600, "text.vocab_size", "at least 600 (2 x 256 byte symbols + merges)"
+        yield template_ok(self.caption_template), "caption_template", "a format string using only {view} and {text}"
+        yield from super().checks()     # vae_training, ldm_training
 
 
 # ------------------------------------------------------------------------------- LoRA fine-tuning
 @dataclass
-class LoraParams:
+class LoraParams(Checked):
     """peft ``LoraConfig`` of the UNet (and optionally the text encoder); scale = alpha / rank."""
 
     rank: int = 4
@@ -154,120 +172,90 @@ class LoraParams:
     text_encoder_alpha: float = 4.0
     text_encoder_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
 
+    def checks(self) -> Iterable[Check]:
+        yield self.rank > 0, "rank", "positive"
+        yield self.alpha > 0, "alpha", "positive"
+        yield 0.0 <= self.dropout < 1.0, "dropout", "a probability in [0, 1)"
+        yield len(self.target_modules) > 0, "target_modules", "a non-empty list of module names"
+        yield self.text_encoder_rank > 0, "text_encoder_rank", "positive"
+        yield self.text_encoder_alpha > 0, "text_encoder_alpha", "positive"
+
 
 @dataclass
-class LoraTrainConfig:
-    """Data, optimisation, validation images and checkpoints of the LoRA fine-tuning."""
+class LoraTrainConfig(LoopConfig):
+    """The loop (:class:`LoopConfig`, the original's values) plus the data, the objective's options
+    and the validation images of the LoRA fine-tuning."""
 
+    max_steps: int | None = None            # optimizer updates; None: ``epochs`` passes
+    epochs: int | None = 10
+    batch_size: int = 5
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    weight_decay: float = 1e-2
+    seed: int = 42
+    sample_every_epochs: int = 1            # validation images at the end of every n-th epoch; 0: at the end
     resolution: int | None = None           # None: the base model's native size
     random_crop: bool = True                # resize the short side, then a random square crop; never a flip
     views: tuple[str, ...] = ("PA", "AP")
     caption_template: str = DEFAULT_TEMPLATE
     text_source: TextSource = "findings"    # a report without that section falls back to the other one
-    batch_size: int = 5                     # per process and micro-batch
-    gradient_accumulation_steps: int = 1
-    epochs: int = 10
-    max_steps: int | None = None            # optimizer updates; overrides epochs when set
-    learning_rate: float = 1e-4
-    lr_schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
-    lr_warmup_steps: int = 0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_epsilon: float = 1e-8
-    weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"   # auto: bf16/fp16 on CUDA, fp32 on CPU
-    cpu: bool = False
     snr_gamma: float | None = None          # Min-SNR-gamma weighting (Hang et al. 2023); None: plain MSE
     noise_offset: float = 0.0
     caption_dropout: float = 0.0
-    seed: int = 42
-    num_workers: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 1000
-    checkpoints_total_limit: int | None = 3
-    resume: str | None = "latest"           # "latest", a checkpoint folder, or None to start afresh
     validation_prompts: tuple[str, ...] = DEFAULT_VALIDATION_PROMPTS
     validation_seed: int = 0                # prompt i uses seed validation_seed + i
-    validation_every_epochs: int = 1        # 0: only at the end
     validation_sampler: SamplerName = "pndm"
     validation_steps: int = 75
     validation_guidance_scale: float = 4.0
 
+    # Fields of the method that change what a resumed run computes.
+    METHOD_FIELDS = ("resolution", "random_crop", "views", "caption_template", "text_source", "snr_gamma",
+                     "noise_offset", "caption_dropout")
+
+    def checks(self) -> Iterable[Check]:
+        yield from super().checks()
+        yield self.resolution is None or self.resolution >= 8, "resolution", "at least 8 pixels, or null"
+        yield len(self.views) > 0, "views", "a non-empty list of views"
+        yield self.snr_gamma is None or self.snr_gamma > 0, "snr_gamma", "a positive gamma, or null"
+        yield self.noise_offset >= 0, "noise_offset", "non-negative"
+        yield 0.0 <= self.caption_dropout < 1.0, "caption_dropout", "a probability in [0, 1)"
+        yield template_ok(self.caption_template), "caption_template", "a format string using only {view} and {text}"
+        yield self.validation_steps > 0, "validation_steps", "positive"
+        yield self.validation_guidance_scale >= 0, "validation_guidance_scale", "non-negative"
+
 
 @dataclass
-class T2IConfig:
+class T2IConfig(Checked):
+    """T2I-LoRA: the adapters (``lora``), their training (``train``), and the small base model that
+    stands in for Stable Diffusion when no base model folder is given (``base``)."""
+
+    title = "T2I-LoRA parameters"
+
     lora: LoraParams = field(default_factory=LoraParams)
     train: LoraTrainConfig = field(default_factory=LoraTrainConfig)
     base: BaseModelConfig = field(default_factory=BaseModelConfig)
 
-    def validate(self) -> "T2IConfig":
-        """Raise ``ParameterError`` naming the field for values no run could use."""
-        lo, t = self.lora, self.train
-        checks = [
-            (lo.rank > 0 and lo.alpha > 0, "lora.rank/alpha", "positive"),
-            (0.0 <= lo.dropout < 1.0, "lora.dropout", "a probability in [0, 1)"),
-            (len(lo.target_modules) > 0, "lora.target_modules", "a non-empty list of module names"),
-            (lo.text_encoder_rank > 0 and lo.text_encoder_alpha > 0, "lora.text_encoder_rank/alpha", "positive"),
-            (t.resolution is None or t.resolution >= 8, "train.resolution", "at least 8 pixels, or null"),
-            (len(t.views) > 0, "train.views", "a non-empty list of views"),
-            (t.batch_size > 0, "train.batch_size", "a positive batch size"),
-            (t.gradient_accumulation_steps > 0, "train.gradient_accumulation_steps", "at least 1"),
-            (t.epochs > 0, "train.epochs", "at least 1"),
-            (t.max_steps is None or t.max_steps > 0, "train.max_steps", "a positive number of updates, or null"),
-            (t.learning_rate > 0, "train.learning_rate", "a positive learning rate"),
-            (all(0 <= b < 1 for b in t.adam_betas), "train.adam_betas", "two values in [0, 1)"),
-            (t.max_grad_norm > 0, "train.max_grad_norm", "a positive norm"),
-            (t.snr_gamma is None or t.snr_gamma > 0, "train.snr_gamma", "a positive gamma, or null"),
-            (t.noise_offset >= 0, "train.noise_offset", "non-negative"),
-            (0.0 <= t.caption_dropout < 1.0, "train.caption_dropout", "a probability in [0, 1)"),
-            (t.log_every > 0, "train.log_every", "at least 1"),
-            (t.checkpoint_every > 0, "train.checkpoint_every", "at least 1"),
-            (t.checkpoints_total_limit is None or t.checkpoints_total_limit >= 1,
-             "train.checkpoints_total_limit", "at least 1, or null to keep all"),
-            (t.validation_every_epochs >= 0, "train.validation_every_epochs", "0 or more"),
-            (t.validation_steps > 0, "train.validation_steps", "positive"),
-            (t.validation_guidance_scale >= 0, "train.validation_guidance_scale", "non-negative"),
-        ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise ParameterError(f"T2I-LoRA parameters: {name} must be {expected}")
-        check_template(t.caption_template, "T2I-LoRA parameters: train.caption_template")
-        self.base.validate()
-        return self
-
 
 # ------------------------------------------------------------------------------- sampling
 @dataclass
-class T2ISamplingConfig:
+class T2ISamplingConfig(SampleConfig):
     """How prompts become a synthetic dataset (MIMIC-CXR-JPG layout)."""
+
+    title = "T2I sampling parameters"
 
     sampler: SamplerName = "pndm"
     steps: int = 75
     guidance_scale: float = 4.0
     negative_prompt: str | None = None
-    batch_size: int = 8
-    base_seed: int = 0                      # plan row i uses seed base_seed + i
-    device: str = "auto"
-    dtype: str = "auto"                     # fp32 on CPU; bf16 (or fp16) on CUDA
-    split: Literal["train", "validate", "test"] = "train"
     dataset_name: str = "synthetic:t2i-lora"
     generator_name: str = "t2i-lora"
-    jpeg_quality: int = 95
 
-    def validate(self) -> "T2ISamplingConfig":
-        if self.steps <= 0 or self.batch_size <= 0:
-            raise ParameterError("T2I sampling parameters: steps and batch_size must be positive")
-        if self.guidance_scale < 0:
-            raise ParameterError(f"T2I sampling parameters: guidance_scale {self.guidance_scale} must be >= 0")
-        if self.base_seed < 0:
-            raise ParameterError(f"T2I sampling parameters: base_seed {self.base_seed} must be >= 0")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ParameterError(f"T2I sampling parameters: jpeg_quality {self.jpeg_quality}, expected 1..100")
-        return self
+    def checks(self) -> Iterable[Check]:
+        yield from super().checks()
+        yield self.guidance_scale >= 0, "guidance_scale", "non-negative"
 
 
 @dataclass
-class PromptConfig:
+class PromptConfig(Checked):
     """Where the prompts come from: held-out reports, or a requested finding mix."""
 
     source: Literal["reports", "findings"] = "reports"
@@ -280,23 +268,18 @@ class PromptConfig:
     text_source: TextSource = "findings"
     seed: int = 0
 
-    def validate(self) -> "PromptConfig":
+    title = "prompt parameters"
+
+    def checks(self) -> Iterable[Check]:
         from support.data.schema import PHANTOM_FINDINGS
 
-        if self.source == "reports" and self.num_prompts <= 0:
-            raise ParameterError("prompt parameters: num_prompts must be positive")
-        if self.source == "findings":
-            if not self.finding_mix:
-                raise ParameterError("prompt parameters: source 'findings' needs a non-empty finding_mix")
-            unknown = sorted(set(self.finding_mix) - set(PHANTOM_FINDINGS))
-            if unknown:
-                raise ParameterError(f"prompt parameters: finding_mix names {unknown}; expected some of "
-                                     f"{list(PHANTOM_FINDINGS)}")
-            bad = {k: v for k, v in self.finding_mix.items() if not isinstance(v, int) or v < 0}
-            if bad:
-                raise ParameterError(f"prompt parameters: finding_mix counts must be non-negative integers, got {bad}")
-        check_template(self.caption_template, "prompt parameters: caption_template")
-        return self
+        yield self.source != "reports" or self.num_prompts > 0, "num_prompts", "positive"
+        yield self.source != "findings" or bool(self.finding_mix), "finding_mix", \
+            "a non-empty mapping of finding to count when source is 'findings'"
+        yield set(self.finding_mix) <= set(PHANTOM_FINDINGS), "finding_mix", f"keyed by {list(PHANTOM_FINDINGS)}"
+        yield all(isinstance(v, int) and v >= 0 for v in self.finding_mix.values()), "finding_mix", \
+            "counts that are non-negative integers"
+        yield template_ok(self.caption_template), "caption_template", "a format string using only {view} and {text}"
 
 
 # ------------------------------------------------------------------------------- profiles
@@ -313,8 +296,8 @@ _FULL = T2IConfig(
         vae=VAEConfig(block_out_channels=(64, 128, 256, 256), layers_per_block=2, norm_num_groups=32),
         unet=CondUNetConfig(block_out_channels=(128, 256, 512), layers_per_block=2, cross_attention_levels=(0, 1, 2),
                             attention_heads=8, norm_num_groups=32),
-        pretrain=PretrainConfig(vae_steps=20_000, vae_batch_size=16, kl_weight=1e-4, unet_steps=50_000,
-                                batch_size=32, learning_rate=1e-4)),
+        vae_training=VAETrainConfig(max_steps=20_000, batch_size=16, kl_weight=1e-4, checkpoint_every=2000),
+        ldm_training=LDMTrainConfig(max_steps=50_000, batch_size=32, learning_rate=1e-4, checkpoint_every=2000)),
 )
 
 # Sized for the CPU demo at 64 px; the same code path as ``full``.
@@ -322,7 +305,7 @@ _QUICK = T2IConfig(
     lora=LoraParams(rank=4, alpha=4.0),
     train=LoraTrainConfig(resolution=None, batch_size=8, epochs=2, learning_rate=1e-3, weight_decay=1e-2,
                           mixed_precision="auto", seed=42, log_every=10, checkpoint_every=100,
-                          checkpoints_total_limit=2, validation_steps=25, validation_every_epochs=1),
+                          checkpoints_total_limit=2, validation_steps=25, sample_every_epochs=1),
     base=BaseModelConfig(resolution=64),
 )
 
@@ -331,14 +314,15 @@ _TEST = T2IConfig(
     train=LoraTrainConfig(resolution=None, batch_size=2, max_steps=4, learning_rate=1e-2, weight_decay=1e-2,
                           mixed_precision="no", cpu=True, seed=42, log_every=1, checkpoint_every=2,
                           checkpoints_total_limit=2, validation_prompts=DEFAULT_VALIDATION_PROMPTS[:2],
-                          validation_steps=3, validation_every_epochs=0),
+                          validation_steps=3, sample_every_epochs=0),
     base=BaseModelConfig(
         resolution=32,
         text=TextEncoderConfig(vocab_size=640, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64),
         vae=VAEConfig(block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8),
         unet=CondUNetConfig(block_out_channels=(16, 32), layers_per_block=1, cross_attention_levels=(0, 1),
                             attention_heads=2, norm_num_groups=8),
-        pretrain=PretrainConfig(vae_steps=6, vae_batch_size=4, unet_steps=6, batch_size=4, device="cpu")),
+        vae_training=VAETrainConfig(max_steps=6, batch_size=4, mixed_precision="no", cpu=True),
+        ldm_training=LDMTrainConfig(max_steps=6, batch_size=4, mixed_precision="no", cpu=True)),
 )
 
 PROFILES: dict[str, T2IConfig] = {"test": _TEST, "quick": _QUICK, "full": _FULL}
@@ -356,29 +340,6 @@ PROMPT_PROFILES: dict[str, PromptConfig] = {
 }
 
 
-def t2i_config(profile: str = "quick", overrides: Mapping[str, Any] | None = None,
-               source: str = "T2I-LoRA parameters") -> T2IConfig:
-    """The named profile with ``overrides`` (nested mapping: lora/train/base) applied and checked."""
-    merged = merge_overrides(to_dict(preset(PROFILES, profile, "T2I-LoRA")), overrides or {}, "t2i", opaque=("finding_mix",))
-    return from_mapping(T2IConfig, merged, source=source).validate()
-
-
-def t2i_sampling_config(profile: str = "quick", overrides: Mapping[str, Any] | None = None,
-                        source: str = "T2I sampling parameters") -> T2ISamplingConfig:
-    """The named sampling profile with flat ``overrides`` applied and checked."""
-    merged = {**to_dict(preset(SAMPLING_PROFILES, profile, "T2I sampling")), **dict(overrides or {})}
-    return from_mapping(T2ISamplingConfig, merged, source=source).validate()
-
-
-def prompt_config(profile: str = "quick", overrides: Mapping[str, Any] | None = None,
-                  source: str = "prompt parameters") -> PromptConfig:
-    """The named prompt profile with flat ``overrides`` applied and checked."""
-    merged = {**to_dict(preset(PROMPT_PROFILES, profile, "prompt")), **dict(overrides or {})}
-    return from_mapping(PromptConfig, merged, source=source).validate()
-
-
-def config_dict(config: Any) -> dict:
-    """JSON-ready form of any of these configs (manifests, checkpoints)."""
-    if not dataclasses.is_dataclass(config):
-        raise TypeError(f"expected a config dataclass, got {type(config).__name__}")
-    return to_dict(config)
+t2i_config = profile_reader(PROFILES, "T2I-LoRA")
+t2i_sampling_config = profile_reader(SAMPLING_PROFILES, "T2I sampling")
+prompt_config = profile_reader(PROMPT_PROFILES, "prompt", opaque=("finding_mix",))   # a finding mix is replaced whole

@@ -10,7 +10,6 @@ uninterrupted one. Unreadable images are skipped and counted as in every record 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -65,19 +64,6 @@ class CaptionedImages(ImageDataset):
                                       dy=-int(rng.integers(0, fit.new_h - size + 1)))
         return {"pixel_values": self._to_tensor(apply_fit(arr, fit), None), "caption": self.captions[i],
                 **self._ids(rec)}
-
-    def content_fingerprint(self) -> str:
-        """sha256 of what training reads: image ids, paths, file sizes and captions."""
-        import os
-
-        h = hashlib.sha256()
-        for rec, caption in zip(self.records.to_dict("records"), self.captions):
-            try:
-                size = os.path.getsize(rec["path"])
-            except OSError:
-                size = -1
-            h.update(f"{rec['image_id']}\x1f{rec['path']}\x1f{size}\x1f{caption}\x1e".encode("utf-8"))
-        return h.hexdigest()
 
 
 class SyntheticCaptioned(torch.utils.data.Dataset):

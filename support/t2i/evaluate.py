@@ -11,7 +11,6 @@ request (:func:`support.eval.conditional.conditional_fidelity`).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -19,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from support.data.schema import CHEXPERT_LABELS, PHANTOM_FINDINGS
+from support.data.schema import PHANTOM_FINDINGS
 from support.t2i.config import T2ISamplingConfig
 
 
@@ -49,28 +48,16 @@ def before_after(base_model: str | os.PathLike, lora: str | os.PathLike, prompts
             "mean_abs_change": float(np.abs(after - before).mean())}
 
 
-def records_fingerprint(records: pd.DataFrame) -> str:
-    """sha256 of a record table's image ids, paths, file sizes and labels (cheap: no image read)."""
-    h = hashlib.sha256()
-    cols = [c for c in CHEXPERT_LABELS if c in records.columns]
-    for rec in records[["image_id", "path", *cols]].itertuples(index=False):
-        try:
-            size = os.path.getsize(rec[1])
-        except OSError:
-            size = -1
-        h.update(("\x1f".join(str(v) for v in rec) + f"\x1f{size}\x1e").encode("utf-8"))
-    return h.hexdigest()
-
-
 def reference_classifier(records: pd.DataFrame, cache_root: str | os.PathLike, config=None,
                          fingerprint: str | None = None):
     """The reference classifier trained on the real frontal training split: the same cached model
     06_evaluation uses when asked with the same config and fingerprint
     (:func:`support.eval.sets.real_reference_encoder`)."""
+    from support.data.fingerprint import dataset_fingerprint
     from support.eval.sets import real_reference_encoder
 
     return real_reference_encoder(records, cache_root, config,
-                                  fingerprint=fingerprint or records_fingerprint(records))
+                                  fingerprint=fingerprint or dataset_fingerprint(records))
 
 
 def requested_matrix(plan: pd.DataFrame, findings: Sequence[str]) -> np.ndarray:

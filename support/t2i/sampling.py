@@ -6,8 +6,8 @@ Row ``i`` is sampled with seed ``base_seed + i`` (its own CPU generator, so GPU 
 from the same noise and any subset can be regenerated alone). Each image is stored with its
 prompt and sampler settings as provenance columns, its report (``add_report``) and its requested
 labels (``add_labels``), so evaluation can measure whether the requested findings appear.
-Across processes pending rows are dealt out round-robin (the DDPM sampler's ``shard``); each
-rank writes its JPEGs atomically, rank 0 registers them; a rerun skips what is on disk.
+Sharding across processes, atomic writes, registration and resuming are the shared sample
+writer's (:mod:`support.core.sample_writer`).
 
 Shell: ``accelerate launch -m support.t2i.sampling --config sample.yaml``.
 """
@@ -20,7 +20,6 @@ import json
 import math
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -29,10 +28,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from support.core.schedules import make_sampler
 from support.data.schema import CHEXPERT_LABELS, FRONTAL_VIEWS, PHANTOM_FINDINGS
 from support.t2i.config import PromptConfig, T2ISamplingConfig
 
-SAMPLERS = ("pndm", "ddim", "dpmsolver++")
 PLAN_COLUMNS = ("prompt", "report", "view", "source", "source_study_id", "requested", "sex", "age")
 PROVENANCE_COLUMNS = ("generator", "base_model_sha256", "checkpoint_sha256", "sampler", "steps", "guidance_scale",
                       "negative_prompt", "seed", "prompt", "prompt_truncated", "source", "source_study_id",
@@ -40,19 +39,6 @@ PROVENANCE_COLUMNS = ("generator", "base_model_sha256", "checkpoint_sha256", "sa
 
 
 # ------------------------------------------------------------------------------------ images
-def make_sampler(name: str, scheduler_config: Mapping[str, Any]):
-    """A fresh diffusers scheduler ``name`` built ``from_config`` of the pipeline's scheduler."""
-    from diffusers import PNDMScheduler
-
-    from support.diffusion.sampling import make_sampler as make_ddpm_stage_sampler
-
-    if name == "pndm":
-        return PNDMScheduler.from_config(scheduler_config)
-    if name in ("ddim", "dpmsolver++"):
-        return make_ddpm_stage_sampler(name, scheduler_config)
-    raise ValueError(f"sampler {name!r}: expected one of {list(SAMPLERS)}")
-
-
 def to_gray(images: np.ndarray) -> np.ndarray:
     """Pipeline output (N, H, W, C) in [0, 1] -> (N, H, W); RGB by luminance (ITU-R 601)."""
     images = np.asarray(images, dtype=np.float32)
@@ -61,11 +47,6 @@ def to_gray(images: np.ndarray) -> np.ndarray:
     if images.shape[-1] == 1:
         return images[..., 0]
     return images @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Float [0, 1] -> uint8 by rounding."""
-    return np.clip(np.rint(np.asarray(images, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
 @torch.no_grad()
@@ -93,7 +74,7 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps
     size = int(resolution or pipeline_resolution(pipe))
     original = pipe.scheduler
     modes = {m: m.training for m in (pipe.unet, pipe.text_encoder, pipe.vae)}
-    pipe.scheduler = make_sampler(sampler, original.config)
+    pipe.scheduler = make_sampler(sampler, original.config)  # pndm, ddim or dpmsolver++
     pipe.set_progress_bar_config(disable=True)
     out = []
     try:
@@ -112,46 +93,6 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps
         for m, training in modes.items():
             m.train(training)
     return np.concatenate(out)
-
-
-def save_grid(images: np.ndarray, path: str | os.PathLike, nrow: int | None = None) -> Path:
-    """(N, H, W) floats in [0, 1] -> one PNG grid (white 2-px gutters), written atomically."""
-    import io
-
-    from PIL import Image
-
-    from support.io import write_bytes_atomic
-
-    images = np.asarray(images, dtype=np.float32)
-    n, h, w = images.shape
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
-    rows = int(math.ceil(n / nrow))
-    grid = np.ones((rows * (h + 2) + 2, nrow * (w + 2) + 2), dtype=np.float32)
-    for i, im in enumerate(images):
-        r, c = divmod(i, nrow)
-        grid[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w] = im
-    buf = io.BytesIO()
-    Image.fromarray(to_uint8(grid)).save(buf, format="PNG")
-    write_bytes_atomic(path, buf.getvalue())
-    return Path(path)
-
-
-def save_pngs(images: np.ndarray, directory: str | os.PathLike) -> list[Path]:
-    """Each (H, W) image in [0, 1] as a lossless 8-bit PNG ``000.png``, ``001.png``, ... (atomic)."""
-    import io
-
-    from PIL import Image
-
-    from support.io import write_bytes_atomic
-
-    paths = []
-    for i, im in enumerate(to_uint8(images)):
-        buf = io.BytesIO()
-        Image.fromarray(im).save(buf, format="PNG")
-        path = Path(directory) / f"{i:03d}.png"
-        write_bytes_atomic(path, buf.getvalue(), durable=False)
-        paths.append(path)
-    return paths
 
 
 # ------------------------------------------------------------------------------------ plans
@@ -347,17 +288,16 @@ def sample_to_dataset(base_model: str | os.PathLike, lora: str | os.PathLike | N
     Provenance columns: generator, base_model_sha256, checkpoint_sha256 (the LoRA weights file;
     the base UNet when ``lora`` is None), sampler, steps, guidance_scale, negative_prompt, seed,
     prompt (as the text encoder read it), prompt_truncated, source, source_study_id, requested.
-    Runs on every process of ``accelerator`` (one is made when None); the summary is returned on
-    every rank: requested, already present, generated, images/s, prompts truncated.
+    Each study also gets its report and requested labels. Runs on every process (the shared sample
+    writer shards the rows); the summary is returned on every rank: requested, already present,
+    generated, images/s, prompts truncated.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list, gather_object
-    from tqdm.auto import tqdm
+    from accelerate import PartialState
 
-    from support.data.writer import (DATASET_JSON, MimicLayoutWriter, encode_jpeg, make_dicom_id, make_study_id,
-                                     make_subject_id)
-    from support.diffusion.sampling import shard
-    from support.io import read_json, sha256_file, write_bytes_atomic
+    from support.core.sample_writer import Generated, PlannedImage, PlannedStudy, study_ids, write_samples
+    from support.data.images import to_uint8
+    from support.data.writer import make_dicom_id
+    from support.io import sha256_file
     from support.t2i.base_model import model_sha256, pipeline_resolution
     from support.t2i.captions import fit_caption
     from support.t2i.lora import lora_weights_file
@@ -367,101 +307,50 @@ def sample_to_dataset(base_model: str | os.PathLike, lora: str | os.PathLike | N
     if cfg.base_seed + len(plan) > 10**7:
         raise ValueError(f"seeds {cfg.base_seed}..{cfg.base_seed + len(plan) - 1} must lie in 0..9,999,999 "
                          f"(they name the synthetic subjects and studies)")
-    accelerator = accelerator or Accelerator(cpu=cfg.device == "cpu")
-    rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    device = accelerator.device if cfg.device == "auto" else torch.device(cfg.device)
+    state = accelerator.state if accelerator is not None else PartialState(cpu=cfg.device == "cpu" or not
+                                                                           torch.cuda.is_available())
+    device = state.device if cfg.device == "auto" else torch.device(cfg.device)
     pipe = load_t2i_pipeline(base_model, lora, device=str(device), dtype=cfg.dtype)
     size = pipeline_resolution(pipe)
     base_sha = model_sha256(base_model, "unet")
     sha = sha256_file(lora_weights_file(lora)) if lora else base_sha
-    fingerprint = plan_sha256(plan, cfg.base_seed)
 
-    items = []
+    studies, truncated = [], 0
     for i, row in enumerate(plan.to_dict("records")):
-        prompt, truncated = fit_caption(row["prompt"], pipe.tokenizer)
+        prompt, cut = fit_caption(row["prompt"], pipe.tokenizer)
+        truncated += bool(cut)
         seed = cfg.base_seed + i
-        items.append({"row": i, "seed": seed, "prompt": prompt, "truncated": truncated,
-                      "subject_id": make_subject_id(seed), "study_id": make_study_id(seed),
-                      "dicom_id": make_dicom_id(cfg.generator_name, sha, cfg.sampler, cfg.steps, cfg.guidance_scale,
-                                                cfg.negative_prompt or "", seed, prompt)})
+        subject, study = study_ids(seed)
+        provenance = {"generator": cfg.generator_name, "base_model_sha256": base_sha, "checkpoint_sha256": sha,
+                      "sampler": cfg.sampler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
+                      "negative_prompt": cfg.negative_prompt or "", "seed": seed, "prompt": prompt,
+                      "prompt_truncated": bool(cut), "source": row["source"],
+                      "source_study_id": row["source_study_id"], "requested": row["requested"]}
+        dicom = make_dicom_id(cfg.generator_name, sha, cfg.sampler, cfg.steps, cfg.guidance_scale,
+                              cfg.negative_prompt or "", seed, prompt)
+        report = str(row["report"] or "").strip() or prompt
+        patient = (row["sex"], float(row["age"])) if row["sex"] in ("F", "M") and not pd.isna(row["age"]) else None
+        studies.append(PlannedStudy(seed, subject, study, [PlannedImage(dicom, row["view"], provenance)],
+                                    report=report, labels={name: row[name] for name in CHEXPERT_LABELS},
+                                    patient=patient, payload={"prompt": prompt}))
 
-    writer = None
-    message: list[Any] = [None]
-    if is_main:
-        meta = Path(root) / DATASET_JSON
-        if meta.is_file():
-            old = read_json(meta).get("info", {}).get("plan_sha256")
-            if old and old != fingerprint:
-                raise ValueError(f"{meta}: this root holds samples of another prompt plan or base seed; "
-                                 f"choose another root")
-        writer = MimicLayoutWriter(root, cfg.dataset_name, provenance_columns=PROVENANCE_COLUMNS,
-                                   info={"generator": cfg.generator_name, "base_model": str(base_model),
-                                         "base_model_sha256": base_sha, "lora": str(lora) if lora else None,
-                                         "checkpoint_sha256": sha, "sampler": cfg.sampler, "steps": cfg.steps,
-                                         "guidance_scale": cfg.guidance_scale,
-                                         "negative_prompt": cfg.negative_prompt, "plan_sha256": fingerprint})
-        pending, present = [], 0
-        for item in items:
-            item["path"] = str(writer.image_path(item["subject_id"], item["study_id"], item["dicom_id"]))
-            if writer.has_image(item["dicom_id"]):
-                present += 1
-            elif Path(item["path"]).is_file():  # written by an interrupted run, not yet registered
-                _register(writer, item, plan, cfg, sha, base_sha, size)
-                present += 1
-            else:
-                pending.append(item)
-        message = [{"pending": pending, "present": present}]
-    message = broadcast_object_list(message, from_process=0) if world > 1 else message
-    pending, present = message[0]["pending"], message[0]["present"]
+    def generate(batch: list[PlannedStudy]) -> list[Generated]:
+        images = generate_images(pipe, [s.payload["prompt"] for s in batch], [s.seed for s in batch],
+                                 steps=cfg.steps, guidance_scale=cfg.guidance_scale,
+                                 negative_prompt=cfg.negative_prompt, sampler=cfg.sampler,
+                                 batch_size=cfg.batch_size, resolution=size)
+        return [Generated([image]) for image in to_uint8(images)]
 
-    mine = shard(pending, rank, world)
-    rounds = math.ceil(math.ceil(len(pending) / world) / cfg.batch_size) if pending else 0
-    start, generated = time.perf_counter(), 0
-    try:
-        for r in tqdm(range(rounds), disable=not (is_main and progress), desc=f"sample {cfg.sampler}", unit="batch"):
-            batch = mine[r * cfg.batch_size:(r + 1) * cfg.batch_size]
-            if batch:
-                images = generate_images(pipe, [b["prompt"] for b in batch], [b["seed"] for b in batch],
-                                         steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                                         negative_prompt=cfg.negative_prompt, sampler=cfg.sampler,
-                                         batch_size=cfg.batch_size, resolution=size)
-                for item, image in zip(batch, to_uint8(images)):
-                    write_bytes_atomic(item["path"], encode_jpeg(image, cfg.jpeg_quality), durable=False)
-            done = gather_object(list(batch)) if world > 1 else list(batch)
-            generated += len(done)
-            if is_main:
-                for item in done:
-                    _register(writer, item, plan, cfg, sha, base_sha, size)
-    finally:
-        if is_main:  # keep the rows registered so far, even when a batch failed
-            writer.close()
-    accelerator.wait_for_everyone()
-    elapsed = time.perf_counter() - start
-    return {"root": str(Path(root).resolve()), "requested": len(plan), "present": present, "generated": generated,
-            "sampler": cfg.sampler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
-            "checkpoint_sha256": sha, "base_model_sha256": base_sha,
-            "prompts_truncated": sum(it["truncated"] for it in items),
-            "share_truncated": sum(it["truncated"] for it in items) / len(items),
-            "images_per_s": generated / elapsed if generated and elapsed > 0 else None}
-
-
-def _register(writer, item: Mapping[str, Any], plan: pd.DataFrame, cfg: T2ISamplingConfig, sha: str, base_sha: str,
-              size: int) -> None:
-    row = plan.iloc[int(item["row"])]
-    subject, study = item["subject_id"], item["study_id"]
-    writer.add_existing_image(
-        subject_id=subject, study_id=study, dicom_id=item["dicom_id"], view=row["view"], split=cfg.split,
-        rows=size, columns=size,
-        provenance={"generator": cfg.generator_name, "base_model_sha256": base_sha, "checkpoint_sha256": sha,
-                    "sampler": cfg.sampler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
-                    "negative_prompt": cfg.negative_prompt or "", "seed": item["seed"], "prompt": item["prompt"],
-                    "prompt_truncated": bool(item["truncated"]), "source": row["source"],
-                    "source_study_id": row["source_study_id"], "requested": row["requested"]})
-    report = str(row["report"] or "").strip()
-    writer.add_report(subject, study, report if report else item["prompt"])
-    writer.add_labels(subject, study, {name: row[name] for name in CHEXPERT_LABELS})
-    if row["sex"] in ("F", "M") and not pd.isna(row["age"]):
-        writer.add_patient(subject, row["sex"], float(row["age"]))
+    identity = {"generator": cfg.generator_name, "base_model_sha256": base_sha, "checkpoint_sha256": sha,
+                "sampler": cfg.sampler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
+                "negative_prompt": cfg.negative_prompt, "plan_sha256": plan_sha256(plan, cfg.base_seed)}
+    summary = write_samples(root, studies, generate, dataset_name=cfg.dataset_name,
+                            provenance_columns=PROVENANCE_COLUMNS, identity=identity,
+                            identity_name="prompt plan or generator setting",
+                            info={"base_model": str(base_model), "lora": str(lora) if lora else None},
+                            split=cfg.split, batch_size=cfg.batch_size, jpeg_quality=cfg.jpeg_quality,
+                            accelerator=accelerator, progress=progress, desc=f"sample {cfg.sampler}")
+    return {**summary, **identity, "prompts_truncated": truncated, "share_truncated": truncated / len(plan)}
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -487,7 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     records = load_dataset("mimic-cxr-jpg", raw["records_root"])[0] if raw.get("records_root") else None
     plan = build_prompt_plan(prompts, records)
     summary = sample_to_dataset(raw["base_model"], raw.get("lora"), plan, raw["output_root"], cfg)
-    print(f"{summary['generated']} generated, {summary['present']} already present, in {summary['root']}")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(f"{summary['generated']} generated by {summary['processes']} process(es), {summary['present']} "
+              f"already present, in {summary['root']}")
     return 0
 
 
