@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from support.eval.features import FeatureEncoder, embed_set
-from support.eval.images import as_image_set, load_image_file, to_unit_float
+from support.core.images import to_unit_float
+from support.eval.images import as_image_set
 
 torch.set_num_threads(1)
 
@@ -33,11 +34,14 @@ def test_sources_give_the_same_float_images(tmp_path):
     assert as_image_set(u8).load(size=8).shape == (3, 1, 8, 8)
 
 
-def test_sixteen_bit_files_are_scaled_to_eight_bits(tmp_path):
-    arr = np.array([[0, 1000], [2000, 4000]], dtype=np.uint16)
+def test_sixteen_bit_files_read_as_the_loaders_read_them(tmp_path):
+    from support.data.images import read_image
+
+    arr = np.array([[0, 1000], [32768, 65535]], dtype=np.uint16)
     Image.fromarray(arr).save(tmp_path / "deep.png")
-    out = load_image_file(tmp_path / "deep.png")
-    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    out = as_image_set([tmp_path / "deep.png"])[0]
+    assert out.shape == (1, 2, 2) and out.min() == 0 and out.max() == 1
+    assert torch.equal(out[0], torch.from_numpy(read_image(tmp_path / "deep.png")))
 
 
 def test_input_errors_name_the_problem(tmp_path):
@@ -50,7 +54,7 @@ def test_input_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.png"):
         as_image_set([tmp_path / "nope.png"])[0]
     (tmp_path / "junk.png").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="junk.png: not a readable image"):
+    with pytest.raises(ValueError, match="junk.png: not an image"):
         as_image_set([tmp_path / "junk.png"])[0]
 
     class NoImage(torch.utils.data.Dataset):

@@ -89,3 +89,15 @@ def test_unknown_regime_is_an_error():
         utility_study(data, data, data, UtilityConfig(regimes=("real", "synthetic-only")))
     with pytest.raises(ValueError, match="need a synthetic dataset"):
         utility_study(data, None, data, UtilityConfig(regimes=("real", "synthetic")))
+
+
+def test_fractions_are_drawn_by_patient_and_too_few_test_labels_give_no_auroc():
+    real_train = FindingsDataset(60, seed=31)
+    real_test = FindingsDataset(8, seed=33, hide=0.0)                  # 8 test images: too few
+    classifier = ReferenceEncoderConfig(width=8, blocks=(1,), image_size=16, epochs=1, batch_size=16, device="cpu")
+    groups = np.repeat(np.arange(20), 3)                               # 20 patients, 3 images each
+    table = utility_study(real_train, None, real_test, UtilityConfig(classifier=classifier, regimes=("real",),
+                                                                     fractions=(0.25,), n_boot=50),
+                          real_train_labels=np.stack(real_train.labels), groups=groups)
+    assert (table["n_real"] % 3 == 0).all()                            # whole patients only
+    assert table["auroc"].isna().all() and table["reason"].str.startswith("too few samples").all()

@@ -12,7 +12,8 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import torch
 
-from .auroc import per_finding_auroc
+from support.downstream.auroc import per_finding_auroc
+
 from .images import as_image_set
 
 

@@ -10,10 +10,12 @@ training set; Inception FID with an ``InceptionFID`` built from local weights.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+
+from support.params import Check, Checked
 
 from .conditional import conditional_fidelity
 from .distribution import frechet_distance, kernel_inception_distance, precision_recall_density_coverage
@@ -24,7 +26,7 @@ from .turing import automated_turing_test
 
 
 @dataclasses.dataclass
-class EvalConfig:
+class EvalConfig(Checked):
     """Settings shared by every set of one evaluation (the same for all sets, so rows compare)."""
 
     k: int = 5                          # neighbours for precision/recall/density/coverage
@@ -36,6 +38,18 @@ class EvalConfig:
     max_images: int | None = None       # cap per set (a seeded sample); None: all
     batch_size: int = 64
     seed: int = 0
+
+    title = "evaluation parameters"
+
+    def checks(self) -> Iterable[Check]:
+        yield self.k >= 1, "k", "at least 1 neighbour"
+        yield self.kid_subsets >= 1, "kid_subsets", "at least 1"
+        yield self.kid_subset_size >= 2, "kid_subset_size", "at least 2 images"
+        yield self.ms_ssim_pairs >= 1, "ms_ssim_pairs", "at least 1"
+        yield self.ms_ssim_size is None or self.ms_ssim_size >= 16, "ms_ssim_size", "at least 16 pixels, or null"
+        yield self.turing_folds >= 2, "turing_folds", "at least 2"
+        yield self.max_images is None or self.max_images >= 2, "max_images", "at least 2, or null for all"
+        yield self.batch_size >= 1, "batch_size", "a positive batch size"
 
 
 @dataclasses.dataclass
@@ -59,7 +73,7 @@ def _capped(images: Any, name: str, max_images: int | None, seed: int) -> ImageS
 
 def prepare_real(real_test: Any, encoder: FeatureEncoder, config: EvalConfig | None = None) -> RealReference:
     """Embed the real test split and measure its own MS-SSIM diversity (the value shown beside each set's)."""
-    config = config or EvalConfig()
+    config = (config or EvalConfig()).validate()
     images = _capped(real_test, "real test", config.max_images, config.seed)
     if len(images) == 0:
         raise ValueError("real test split: no images")
@@ -84,7 +98,7 @@ def evaluate_set(synthetic: Any, real: RealReference | Any, encoder: FeatureEnco
     """
     from .privacy import audit_memorisation
 
-    config = config or EvalConfig()
+    config = (config or EvalConfig()).validate()
     ref = real if isinstance(real, RealReference) else prepare_real(real, encoder, config)
     if ref.encoder_name != encoder.name:
         raise ValueError(f"the real reference was embedded with {ref.encoder_name}, not {encoder.name}")

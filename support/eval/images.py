@@ -2,7 +2,7 @@
 
 A set can be a numpy array or tensor ((N, H, W), (N, 1, H, W); uint8 or float in [0, 1]), a torch
 Dataset whose items are tensors or dicts with an ``"image"`` entry (the loaders' convention), or a
-list of image file paths. Every metric reads its input through :func:`as_image_set`, so a set on
+list of image file paths (read by the data layer's reader, as the loaders read them). Every metric reads its input through :func:`as_image_set`, so a set on
 disk and a set in memory take the same code path.
 """
 
@@ -15,63 +15,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-# A float image may overshoot [0, 1] by resampling; beyond this it is a different convention.
-_RANGE_TOLERANCE = 1e-3
-
-
-def to_unit_float(image: Any, where: str = "image") -> torch.Tensor:
-    """One image -> float32 tensor (1, H, W) in [0, 1].
-
-    Accepts (H, W), (1, H, W) or (3, H, W) (RGB is reduced to luminance). uint8 is divided by 255;
-    floats must already lie in [0, 1]: an image scaled to [-1, 1] is an error rather than
-    silently mis-scaled.
-    """
-    t = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
-    if t.dtype == torch.uint8:
-        t = t.float() / 255.0
-    elif t.dtype == torch.bool or not torch.is_floating_point(t):
-        raise TypeError(f"{where}: expected uint8 or float pixels, got {t.dtype}")
-    else:
-        t = t.float()
-        if t.numel():
-            lo, hi = float(t.min()), float(t.max())
-            if lo < -_RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
-                raise ValueError(f"{where}: float pixels must lie in [0, 1], found [{lo:.3g}, {hi:.3g}]")
-        t = t.clamp(0.0, 1.0)
-    if t.ndim == 2:
-        t = t.unsqueeze(0)
-    if t.ndim != 3 or t.shape[0] not in (1, 3):
-        raise ValueError(f"{where}: expected (H, W), (1, H, W) or (3, H, W), got shape {tuple(t.shape)}")
-    if t.shape[0] == 3:  # RGB renderings of grayscale radiographs: luminance
-        t = (0.299 * t[0] + 0.587 * t[1] + 0.114 * t[2]).unsqueeze(0)
-    return t
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Float [0, 1] -> uint8 by rounding (the inverse of ``/255`` for images that were uint8)."""
-    return (images.clamp(0, 1) * 255.0).round().to(torch.uint8)
-
-
-def load_image_file(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as grayscale uint8 (H, W); errors name the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                span = max(arr.max() - arr.min(), 1.0)
-                return np.round((arr - arr.min()) / span * 255).astype(np.uint8)
-            return np.array(im.convert("L"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: image file not found") from None
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: not a readable image file") from None
-
+from support.core.images import resize, to_unit_float
+from support.data.images import read_image
 
 class ImageSet(torch.utils.data.Dataset):
     """Random access to a set of images, each returned as float (1, H, W) in [0, 1]."""
@@ -111,7 +57,7 @@ class ImageSet(torch.utils.data.Dataset):
         if self._array is not None:
             return to_unit_float(self._array[index], where)
         if self._paths is not None:
-            return to_unit_float(load_image_file(self._paths[index]), f"{where} ({self._paths[index]})")
+            return to_unit_float(read_image(self._paths[index]), f"{where} ({self._paths[index]})")
         item = self._dataset[index]
         if isinstance(item, dict):
             if "image" not in item:
@@ -150,13 +96,6 @@ def _stack(items: list[torch.Tensor], size: int | None, name: str) -> torch.Tens
         raise ValueError(f"{name}: images of different sizes {sorted(shapes)} in one batch; "
                          f"pass a common size to resize them")
     return torch.stack(items)
-
-
-def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear, antialiased resize of a float batch (N, C, H, W) to (size, size)."""
-    if images.shape[-2:] == (size, size):
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def as_image_set(source: Any, name: str = "images") -> ImageSet:

@@ -27,7 +27,9 @@ from typing import Any, Iterator
 
 import torch
 
-from .images import as_image_set, to_uint8
+from support.data.images import to_uint8
+
+from .images import as_image_set
 
 FID_FEATURES = 2048                      # pool3: the standard FID feature layer
 FEATURE_LAYERS = (64, 192, 768, 2048)    # the layers torch-fidelity exposes (others are non-standard)

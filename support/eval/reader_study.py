@@ -16,14 +16,16 @@ real; each with a Wilson 95 % interval. With several readers, Cohen's kappa for 
 from __future__ import annotations
 
 import dataclasses
-import io as _io
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .images import as_image_set, to_uint8
+from support.core.images import png_bytes
+from support.data.images import to_uint8
+
+from .images import as_image_set
 
 ANSWERS = ("real", "synthetic")
 SHEET_COLUMNS = ("case", "answer", "confidence", "comment")
@@ -71,14 +73,6 @@ def reader_metrics(synthetic_called_synthetic: int, n_synthetic: int, real_calle
     return out
 
 
-def _png_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = _io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buf, format="PNG")  # 8-bit grayscale, no text chunks
-    return buf.getvalue()
-
-
 def build_reader_study(real_images: Any, synthetic_images: Any, out_dir: str | os.PathLike,
                        n: int | None = None, seed: int = 0, size: int | None = None,
                        prefix: str = "case") -> dict[str, Path]:
@@ -112,7 +106,7 @@ def build_reader_study(real_images: Any, synthetic_images: Any, out_dir: str | o
     for number, j in enumerate(order, start=1):
         truth, index = picks[j]
         case = f"{prefix}_{number:0{width}d}"
-        write_bytes_atomic(readers / f"{case}.png", _png_bytes(to_uint8(images[j])[0].numpy()))
+        write_bytes_atomic(readers / f"{case}.png", png_bytes(to_uint8(images[j])[0].numpy()))
         key_rows.append({"case": case, "truth": truth, "source_index": index})
     key = pd.DataFrame(key_rows, columns=list(KEY_COLUMNS))
     sheet = pd.DataFrame({"case": key["case"], "answer": "", "confidence": "", "comment": ""})

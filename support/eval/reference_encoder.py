@@ -3,7 +3,8 @@ feature space of the evaluation (FD, KID, precision/recall, Turing test, privacy
 outputs score conditional fidelity.
 
 A ResNet-18-style network (BasicBlocks, four stages, width a parameter, one input channel) is
-trained with a masked binary cross-entropy on a Dataset yielding
+trained from scratch as the downstream harness's multi-label task under its fine-tune recipe
+(:mod:`support.downstream`, through the shared trainer) on a Dataset yielding
 ``{"image": (1, H, W) tensor, "labels": (L,) float}``; labels other than 0/1 (NaN unknown,
 -1 uncertain) are left out of the loss (the CheXpert "U-Ignore" policy). It is trained once per
 dataset: weights (safetensors) and a JSON config are cached under a key made of the dataset
@@ -17,18 +18,24 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
+from support.core.config import LoopConfig
+from support.core.images import resize
+from support.data.fingerprint import dataset_fingerprint
 from support.data.schema import CHEXPERT_LABELS
+from support.downstream.auroc import per_finding_auroc
+from support.downstream.backbones import ReferenceNet
+from support.downstream.tasks import MultiLabelClassification, loop_for, train_head
+from support.params import Check, Checked
 
-from .auroc import per_finding_auroc
-from .images import resize, to_unit_float
+__all__ = ["ReferenceEncoder", "ReferenceEncoderConfig", "ReferenceNet", "dataset_labels", "reference_encoder_for",
+           "split_indices", "train_reference_encoder"]
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -36,8 +43,10 @@ CONFIG_FILE = "config.json"
 
 
 @dataclasses.dataclass
-class ReferenceEncoderConfig:
+class ReferenceEncoderConfig(Checked):
     """How the reference encoder is built and trained."""
+
+    title = "reference encoder parameters"
 
     label_names: tuple[str, ...] = CHEXPERT_LABELS
     width: int = 32                      # channels of the first stage; later stages x2, x4, x8
@@ -52,6 +61,16 @@ class ReferenceEncoderConfig:
     num_workers: int = 0
     device: str = "auto"
 
+    def checks(self) -> Iterable[Check]:
+        yield len(self.label_names) > 0, "label_names", "one or more findings"
+        yield self.width > 0 and all(b > 0 for b in self.blocks) and len(self.blocks) > 0, "blocks", \
+            "one or more positive block counts (and a positive width)"
+        yield self.image_size >= 8, "image_size", "at least 8 pixels"
+        yield self.epochs > 0, "epochs", "at least 1"
+        yield self.batch_size > 0, "batch_size", "a positive batch size"
+        yield self.lr > 0, "lr", "a positive learning rate"
+        yield 0.0 < self.val_fraction < 1.0, "val_fraction", "in (0, 1)"
+
     def key(self) -> str:
         """Hash of everything that changes the trained weights (not the device or worker count)."""
         d = dataclasses.asdict(self)
@@ -59,80 +78,17 @@ class ReferenceEncoderConfig:
             d.pop(name)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()
 
-
-# ---------------------------------------------------------------------------------------------
-# network
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = (nn.Identity() if stride == 1 and cin == cout else
-                         nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
-
-
-class ReferenceNet(nn.Module):
-    """ResNet-style classifier on 1-channel images in [0, 1]; ``features`` is the pooled penultimate layer."""
-
-    def __init__(self, num_labels: int, width: int = 32, blocks: Sequence[int] = (2, 2, 2, 2)):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        stages, cin = [], width
-        for i, n in enumerate(blocks):
-            cout = width * 2 ** i
-            stages += [BasicBlock(cin if j == 0 else cout, cout, 2 if (j == 0 and i > 0) else 1) for j in range(n)]
-            cin = cout
-        self.stages = nn.Sequential(*stages)
-        self.feature_dim = cin
-        self.head = nn.Linear(cin, num_labels)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - 0.5) / 0.25  # radiographs in [0, 1] to roughly zero mean, unit spread
-        return F.adaptive_avg_pool2d(self.stages(self.stem(x)), 1).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy over the definite (0/1) labels only; 0 when a batch has none."""
-    known = (labels == 0) | (labels == 1)
-    target = torch.where(known, labels, torch.zeros_like(labels))
-    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    return (loss * known).sum() / known.sum().clamp_min(1)
+    def loop(self, n_items: int, min_steps: int = 0) -> LoopConfig:
+        """This recipe as the shared trainer's loop on ``n_items`` training images: ``epochs``
+        passes (more when ``min_steps`` asks for more updates), AdamW, cosine schedule."""
+        base = LoopConfig(max_steps=None, epochs=self.epochs, batch_size=self.batch_size, optimizer="adamw",
+                          learning_rate=self.lr, weight_decay=self.weight_decay, lr_schedule="cosine",
+                          cpu=self.device == "cpu", seed=self.seed, num_workers=self.num_workers)
+        return loop_for(base, n_items, min_steps)
 
 
 # ---------------------------------------------------------------------------------------------
 # data
-
-class LabelledImages(torch.utils.data.Dataset):
-    """A loader Dataset as (image (1, S, S) float in [0, 1], labels (L,) float) pairs."""
-
-    def __init__(self, dataset, size: int, num_labels: int, name: str = "dataset"):
-        self.dataset, self.size, self.num_labels, self.name = dataset, size, num_labels, name
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        item = self.dataset[index]
-        where = f"{self.name}[{index}]"
-        if not isinstance(item, dict) or "image" not in item or "labels" not in item:
-            got = sorted(item) if isinstance(item, dict) else type(item).__name__
-            raise ValueError(f"{where}: expected a dict with 'image' and 'labels', got {got}")
-        image = resize(to_unit_float(item["image"], f"{where}.image").unsqueeze(0), self.size).squeeze(0)
-        labels = torch.as_tensor(np.asarray(item["labels"], dtype=np.float32))
-        if labels.shape != (self.num_labels,):
-            raise ValueError(f"{where}.labels: expected shape ({self.num_labels},), got {tuple(labels.shape)}")
-        return image, labels
-
 
 def dataset_labels(dataset, num_labels: int, name: str = "dataset") -> np.ndarray:
     """The (N, L) label matrix of a loader Dataset (reads every item once)."""
@@ -143,75 +99,8 @@ def dataset_labels(dataset, num_labels: int, name: str = "dataset") -> np.ndarra
     return out
 
 
-def dataset_fingerprint(dataset, name: str = "dataset") -> str:
-    """A dataset's own ``fingerprint`` attribute when it has one, else sha256 of every item's
-    image and labels (one full read)."""
-    own = getattr(dataset, "fingerprint", None)
-    if isinstance(own, str) and own:
-        return own
-    from tqdm.auto import tqdm
-
-    h = hashlib.sha256()
-    h.update(str(len(dataset)).encode())
-    for i in tqdm(range(len(dataset)), desc=f"fingerprint {name}", leave=False):
-        item = dataset[i]
-        for key in ("image", "labels"):
-            arr = np.ascontiguousarray(np.asarray(item[key]))
-            h.update(f"{key}:{arr.dtype}:{arr.shape}".encode())
-            h.update(arr.tobytes())
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
 # training and prediction
-
-def _loader(data, config: ReferenceEncoderConfig, shuffle: bool, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(data, batch_size=config.batch_size, shuffle=shuffle,
-                                       num_workers=config.num_workers, generator=gen,
-                                       drop_last=shuffle and len(data) > config.batch_size)
-
-
-def fit_classifier(model: ReferenceNet, train: torch.utils.data.Dataset, config: ReferenceEncoderConfig,
-                   desc: str = "train classifier") -> ReferenceNet:
-    """Train ``model`` on (image, labels) pairs with masked BCE, AdamW and a cosine schedule."""
-    from tqdm.auto import tqdm
-    from support.devices import pick_device
-
-    if len(train) < 2:  # batch norm needs two images in a batch
-        raise ValueError(f"{desc}: at least 2 training images are needed, got {len(train)}")
-    device = pick_device(config.device)
-    model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    loader = _loader(train, config, shuffle=True, seed=config.seed)
-    total = max(1, config.epochs * len(loader))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    with tqdm(total=total, desc=desc, leave=False) as bar:
-        for _ in range(config.epochs):
-            for images, labels in loader:
-                images, labels = images.to(device), labels.to(device)
-                loss = masked_bce(model(images), labels)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-    return model.eval()
-
-
-@torch.inference_mode()
-def predict_labelled(model: ReferenceNet, data: torch.utils.data.Dataset,
-                     config: ReferenceEncoderConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, sigmoid scores) over a Dataset of (image, labels) pairs, both (N, L)."""
-    device = next(model.parameters()).device
-    model.eval()
-    ys, ps = [], []
-    for images, labels in _loader(data, config, shuffle=False):
-        ps.append(torch.sigmoid(model(images.to(device))).float().cpu().numpy())
-        ys.append(labels.numpy())
-    return np.concatenate(ys).astype(np.float64), np.concatenate(ps).astype(np.float64)
-
 
 def split_indices(n: int, val_fraction: float, seed: int, groups: Sequence[Any] | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -305,27 +194,32 @@ class ReferenceEncoder:
 
 def train_reference_encoder(dataset, config: ReferenceEncoderConfig | None = None,
                             groups: Sequence[Any] | None = None, val_dataset=None,
-                            fingerprint: str | None = None, name: str = "dataset") -> ReferenceEncoder:
+                            fingerprint: str | None = None, name: str = "dataset",
+                            output_dir: str | os.PathLike | None = None) -> ReferenceEncoder:
     """Train the reference encoder on ``dataset`` and measure held-out AUROC per finding.
 
     Validation: ``val_dataset`` when given, else ``config.val_fraction`` of ``dataset`` held out
     (whole patients when ``groups`` gives a subject id per item). The final weights are kept.
+    Training checkpoints go to ``output_dir`` (resumed from there) or a temporary folder.
     """
-    from support.seeding import seed_everything
-
-    config = config or ReferenceEncoderConfig()
-    seed_everything(config.seed)
+    config = (config or ReferenceEncoderConfig()).validate()
     n_labels = len(config.label_names)
-    data = LabelledImages(dataset, config.image_size, n_labels, name)
+    task = MultiLabelClassification(config.label_names, item_labels=config.label_names)
+    data = task.pairs(dataset, config.image_size, name)
+    labels = data.label_matrix(config.label_names)
     if val_dataset is None:
         train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed, groups)
         train, val = torch.utils.data.Subset(data, train_idx.tolist()), torch.utils.data.Subset(data, val_idx.tolist())
     else:
-        train, val = data, LabelledImages(val_dataset, config.image_size, n_labels, f"{name} (validation)")
-    model = ReferenceNet(n_labels, config.width, config.blocks)
-    fit_classifier(model, train, config, desc=f"reference encoder on {name}")
-    labels, scores = predict_labelled(model, val, config)
-    aurocs = per_finding_auroc(labels, scores, config.label_names)
+        train_idx = np.arange(len(data))
+        train, val = data, task.pairs(val_dataset, config.image_size, f"{name} (validation)")
+    task.check_train(labels[train_idx], f"{name} (training split, {len(train_idx)} images)")
+    model = train_head(task, train, lambda: ReferenceNet(n_labels, config.width, config.blocks),
+                       config.loop(len(train)), output_dir,
+                       key={"fingerprint": fingerprint or "", "config": config.key()},
+                       progress=True, name=f"reference encoder on {name}")
+    outputs = task.collect(model, val, config.batch_size)
+    aurocs = per_finding_auroc(outputs["labels"], outputs["scores"], config.label_names)
     info = {"fingerprint": fingerprint or "", "dataset": name, "n_train": len(train), "n_val": len(val),
             "val_auroc": aurocs}
     return ReferenceEncoder(model, config, info)
@@ -340,7 +234,7 @@ def reference_encoder_for(dataset, cache_root: str | os.PathLike, config: Refere
     ``fingerprint`` defaults to :func:`dataset_fingerprint` (pass the run manifest's dataset
     fingerprint to skip reading the data to hash it).
     """
-    config = config or ReferenceEncoderConfig()
+    config = (config or ReferenceEncoderConfig()).validate()
     fingerprint = fingerprint or dataset_fingerprint(dataset, name)
     directory = Path(cache_root) / f"reference-{fingerprint[:16]}-{config.key()[:10]}"
     meta_path = directory / CONFIG_FILE
@@ -350,7 +244,9 @@ def reference_encoder_for(dataset, cache_root: str | os.PathLike, config: Refere
         meta = read_json(meta_path)
         if meta.get("fingerprint") == fingerprint and meta.get("config_key") == config.key():
             return ReferenceEncoder.load(directory, device=config.device)
+    training = directory.with_name(f"{directory.name}.training")   # checkpoints: an interrupted run resumes
     encoder = train_reference_encoder(dataset, config, groups=groups, val_dataset=val_dataset,
-                                      fingerprint=fingerprint, name=name)
+                                      fingerprint=fingerprint, name=name, output_dir=training)
     encoder.save(directory)
+    shutil.rmtree(training, ignore_errors=True)
     return encoder

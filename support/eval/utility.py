@@ -1,28 +1,38 @@
 """Utility of synthetic data: train on synthetic, test on real.
 
-One classifier recipe (the reference-encoder network and its masked-BCE training) is trained in
-four regimes and scored on the same real test split:
+One classifier recipe (the reference-encoder network trained from scratch as the downstream
+harness's multi-label task, masked BCE) is trained in four regimes and scored on the same real
+test split:
 
 - ``real``: real images only;
 - ``synthetic``: synthetic images only (no real labels; trained once, repeated on every fraction row);
 - ``real+synthetic``: the real subset and all synthetic images mixed;
 - ``synthetic->real``: the ``synthetic`` model fine-tuned on the real subset;
 
-each at fractions (1 %, 10 %, 100 %) of the real training labels, drawn as stratified, seeded
-subsets. Per-finding AUROC on the real test split comes with a seeded bootstrap 95 % interval.
+each at fractions (1 %, 10 %, 100 %) of the real training labels, drawn by patient as stratified,
+seeded subsets. Per-finding AUROC on the real test split comes with a seeded bootstrap 95 %
+interval; a finding with too few test labels, or one class only, gets NaN and the reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+from typing import Iterable
 
 import numpy as np
 import torch
 
-from .auroc import bootstrap_auroc, known_mask
-from .reference_encoder import (LabelledImages, ReferenceEncoderConfig, ReferenceNet, dataset_labels,
-                                fit_classifier, predict_labelled)
+from support.downstream.auroc import bootstrap_auroc, known_mask
+from support.downstream.data import patient_ids
+from support.downstream.metrics import too_few
+from support.downstream.subsets import patient_subset, stratified_subset
+from support.params import Check, Checked
+from support.downstream.tasks import MultiLabelClassification, train_head
+
+from support.downstream.backbones import ReferenceNet
+from support.downstream.data import LabelledImages
+
+from .reference_encoder import ReferenceEncoderConfig, dataset_labels
 
 __all__ = ["REGIMES", "UtilityConfig", "bootstrap_auroc", "stratified_subset", "utility_study"]
 
@@ -30,8 +40,10 @@ REGIMES: tuple[str, ...] = ("real", "synthetic", "real+synthetic", "synthetic->r
 
 
 @dataclasses.dataclass
-class UtilityConfig:
+class UtilityConfig(Checked):
     """The utility study: which regimes, which label fractions, and the classifier recipe."""
+
+    title = "utility study parameters"
 
     classifier: ReferenceEncoderConfig = dataclasses.field(default_factory=ReferenceEncoderConfig)
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
@@ -39,69 +51,57 @@ class UtilityConfig:
     min_steps: int = 200            # small subsets get more epochs so every model sees this many batches
     finetune_lr_scale: float = 0.1  # fine-tuning lr = classifier lr x this
     n_boot: int = 1000
+    min_test: int = 10              # fewer test images with a definite label: no AUROC ("too few samples")
     seed: int = 0
 
-
-def stratified_subset(labels: np.ndarray, fraction: float, seed: int = 0, min_per_stratum: int = 1) -> np.ndarray:
-    """Seeded subset of about ``fraction`` of the rows, stratified by each row's rarest positive finding.
-
-    Rows with no positive finding form one more stratum. Every stratum keeps at least
-    ``min_per_stratum`` rows, so rare findings are not lost at 1 %. Returns sorted row indices.
-    """
-    labels = np.asarray(labels, dtype=np.float64)
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    if fraction == 1.0:
-        return np.arange(len(labels))
-    positive = labels == 1.0
-    prevalence = positive.sum(axis=0)
-    rarity = np.where(positive, prevalence[None, :], np.inf)
-    strata = np.where(positive.any(axis=1), rarity.argmin(axis=1), -1)
-    rng = np.random.default_rng(seed)
-    keep = []
-    for stratum in np.unique(strata):
-        members = np.flatnonzero(strata == stratum)
-        n = min(len(members), max(min_per_stratum, int(round(fraction * len(members)))))
-        keep.append(rng.choice(members, n, replace=False))
-    return np.sort(np.concatenate(keep))
+    def checks(self) -> Iterable[Check]:
+        yield bool(self.fractions) and all(0 < f <= 1 for f in self.fractions), "fractions", \
+            "one or more label fractions in (0, 1]"
+        yield set(self.regimes) <= set(REGIMES), "regimes", f"some of {list(REGIMES)}"
+        yield self.min_steps >= 0, "min_steps", "0 or more"
+        yield self.finetune_lr_scale > 0, "finetune_lr_scale", "positive"
+        yield self.n_boot > 0, "n_boot", "a positive number of resamples"
+        yield self.min_test >= 2, "min_test", "at least 2"
 
 
-def _config_for(base: ReferenceEncoderConfig, n_items: int, min_steps: int, lr: float | None = None,
-                seed_offset: int = 0) -> ReferenceEncoderConfig:
-    batches = max(1, math.ceil(n_items / base.batch_size))
-    epochs = max(base.epochs, math.ceil(min_steps / batches))
-    return dataclasses.replace(base, epochs=epochs, lr=base.lr if lr is None else lr, seed=base.seed + seed_offset)
+def _train(data, labels: np.ndarray, base: ReferenceEncoderConfig, config: UtilityConfig, name: str,
+           init: dict | None = None, lr: float | None = None) -> ReferenceNet:
+    """The classifier recipe on ``data`` (pairs whose labels are ``labels``) through the harness's
+    multi-label task, from scratch or from the weights ``init``."""
+    recipe = dataclasses.replace(base, lr=base.lr if lr is None else lr)
+    task = MultiLabelClassification(base.label_names, item_labels=base.label_names)
+    task.check_train(labels, f"{name} ({len(labels)} images)")
 
+    def build() -> ReferenceNet:
+        model = ReferenceNet(len(base.label_names), base.width, base.blocks)
+        if init is not None:
+            model.load_state_dict(init)
+        return model
 
-def _train(data, base: ReferenceEncoderConfig, config: UtilityConfig, desc: str,
-           init: dict | None = None, lr: float | None = None, seed_offset: int = 0) -> ReferenceNet:
-    from support.seeding import seed_everything
-
-    recipe = _config_for(base, len(data), config.min_steps, lr, seed_offset)
-    seed_everything(recipe.seed)
-    model = ReferenceNet(len(base.label_names), base.width, base.blocks)
-    if init is not None:
-        model.load_state_dict(init)
-    return fit_classifier(model, data, recipe, desc=desc)
+    return train_head(task, data, build, recipe.loop(len(data), config.min_steps), progress=True, name=name)
 
 
 def utility_study(real_train, synthetic, real_test, config: UtilityConfig | None = None,
-                  real_train_labels: np.ndarray | None = None):
+                  real_train_labels: np.ndarray | None = None, groups=None):
     """Run every regime x fraction and score per finding on ``real_test``.
 
     Datasets yield ``{"image", "labels"}`` in ``config.classifier.label_names`` order.
     ``real_train_labels`` (N, L) skips reading the real training set once to stratify it.
+    Fractions are drawn by patient (``groups``: one patient id per real training image; by
+    default the dataset's ``subject_id`` column; a dataset without one draws by image).
     Returns a pandas DataFrame, one row per (regime, fraction, finding): ``n_real``,
-    ``n_synthetic``, ``auroc``, ``ci_low``, ``ci_high``, ``n_test``, ``n_pos``.
+    ``n_synthetic``, ``auroc``, ``ci_low``, ``ci_high``, ``n_test``, ``n_pos`` and ``reason``
+    (why ``auroc`` is NaN: too few test samples, or one class only).
     """
     import pandas as pd
 
     config = config or UtilityConfig()
-    base = config.classifier
-    names = tuple(base.label_names)
     unknown = sorted(set(config.regimes) - set(REGIMES))
     if unknown:
         raise ValueError(f"unknown regimes {unknown}; expected some of {list(REGIMES)}")
+    config.validate()
+    base = config.classifier
+    names = tuple(base.label_names)
     size, n_labels = base.image_size, len(names)
     real = LabelledImages(real_train, size, n_labels, "real train")
     synth = LabelledImages(synthetic, size, n_labels, "synthetic") if synthetic is not None else None
@@ -111,40 +111,56 @@ def utility_study(real_train, synthetic, real_test, config: UtilityConfig | None
     labels = dataset_labels(real_train, n_labels, "real train") if real_train_labels is None else np.asarray(real_train_labels)
     if labels.shape != (len(real), n_labels):
         raise ValueError(f"real_train_labels: expected shape ({len(real)}, {n_labels}), got {labels.shape}")
+    if groups is None:
+        records = getattr(real_train, "records", None)
+        has_patients = records is not None and "subject_id" in records.columns
+        groups = patient_ids(real_train, "real train") if has_patients else np.arange(len(real))
+    if len(groups) != len(real):
+        raise ValueError(f"groups: {len(groups)} patient ids for {len(real)} real training images")
 
     synthetic_model = None
     if {"synthetic", "synthetic->real"} & set(config.regimes):
-        synthetic_model = _train(synth, base, config, "utility: synthetic")
+        synthetic_labels = synth.label_matrix(names)
+        synthetic_model = _train(synth, synthetic_labels, base, config, "utility: synthetic")
         synthetic_state = {k: v.detach().clone() for k, v in synthetic_model.state_dict().items()}
 
     rows = []
+    scorer = MultiLabelClassification(names, item_labels=names)
 
     def score(model: ReferenceNet, regime: str, fraction: float, n_real: int, n_synth: int) -> None:
-        y, p = predict_labelled(model, test, base)
+        outputs = scorer.collect(model, test, base.batch_size)
+        y, p = outputs["labels"], outputs["scores"]
         for j, name in enumerate(names):
-            if not known_mask(y[:, j]).any():
+            known = known_mask(y[:, j])
+            if not known.any():
                 continue  # the test split says nothing about this finding
-            ci = bootstrap_auroc(y[:, j], p[:, j], n_boot=config.n_boot, seed=config.seed + j)
+            reason = too_few(int(known.sum()), config.min_test, "test images with a definite label")
+            ci = ({"auroc": np.nan, "ci_low": np.nan, "ci_high": np.nan} if reason else
+                  bootstrap_auroc(y[:, j], p[:, j], n_boot=config.n_boot, seed=config.seed + j))
+            if not reason and np.isnan(ci["auroc"]):
+                reason = "one class only in the test set (AUROC undefined)"
             rows.append({"regime": regime, "fraction": fraction, "n_real": n_real, "n_synthetic": n_synth,
                          "finding": name, "auroc": ci["auroc"], "ci_low": ci["ci_low"],
-                         "ci_high": ci["ci_high"], "n_test": ci["n"], "n_pos": ci["n_pos"]})
+                         "ci_high": ci["ci_high"], "n_test": int(known.sum()), "n_pos": int((y[known, j] == 1).sum()),
+                         "reason": reason})
 
     for k, fraction in enumerate(config.fractions):
-        idx = stratified_subset(labels, fraction, seed=config.seed + k)
+        idx = patient_subset(labels, groups, fraction, seed=config.seed + k)
         real_subset = torch.utils.data.Subset(real, idx.tolist())
         n_real, n_synth = len(real_subset), (len(synth) if synth is not None else 0)
         for regime in config.regimes:
             if regime == "real":
-                model = _train(real_subset, base, config, f"utility: real {fraction:g}")
+                model = _train(real_subset, labels[idx], base, config, f"utility: real {fraction:g}")
                 score(model, regime, fraction, n_real, 0)
             elif regime == "synthetic":  # one model; its scores repeated on every fraction row
                 score(synthetic_model, regime, fraction, 0, n_synth)
             elif regime == "real+synthetic":
                 mixed = torch.utils.data.ConcatDataset([real_subset, synth])
-                model = _train(mixed, base, config, f"utility: real+synthetic {fraction:g}")
+                model = _train(mixed, np.concatenate([labels[idx], synthetic_labels]), base, config,
+                               f"utility: real+synthetic {fraction:g}")
                 score(model, regime, fraction, n_real, n_synth)
             elif regime == "synthetic->real":
-                model = _train(real_subset, base, config, f"utility: synthetic->real {fraction:g}",
+                model = _train(real_subset, labels[idx], base, config, f"utility: synthetic->real {fraction:g}",
                                init=synthetic_state, lr=base.lr * config.finetune_lr_scale)
                 score(model, regime, fraction, n_real, n_synth)
     return pd.DataFrame(rows)
