@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
-from support.params import ParameterError, from_mapping, to_dict
+from support.core.config import configure
+from support.params import Check, Checked
 
 Backend = Literal["telea", "sd", "repaint"]
 BACKENDS: tuple[str, ...] = ("telea", "sd", "repaint")
 
 
 @dataclass
-class DetectConfig:
+class DetectConfig(Checked):
     """Where the text is: DBNet (PP-OCRv4 detector, ONNX) plus a top-hat detector of markers.
 
     DBNet finds words and lines but often misses lone letters (laterality markers "L"/"R") and
@@ -50,29 +51,24 @@ class DetectConfig:
                                          # only pays on cores nobody else uses
     device: str = "auto"                 # "cuda" runs DBNet on onnxruntime's CUDA provider when present
 
-    def validate(self) -> "DetectConfig":
-        if not 32 <= self.dbnet_min_side <= self.dbnet_max_side:
-            raise ParameterError(f"DetectConfig: expected 32 <= dbnet_min_side <= dbnet_max_side, got "
-                                 f"{self.dbnet_min_side}, {self.dbnet_max_side}")
-        if not 0.0 < self.dbnet_max_box <= 1.0:
-            raise ParameterError(f"DetectConfig.dbnet_max_box {self.dbnet_max_box}: expected a value in (0, 1]")
+    def checks(self) -> Iterable[Check]:
+        yield 32 <= self.dbnet_min_side <= self.dbnet_max_side, "dbnet_min_side", "in 32 .. dbnet_max_side"
+        yield 0.0 < self.dbnet_max_box <= 1.0, "dbnet_max_box", "a value in (0, 1]"
         for name in ("dbnet_threshold", "dbnet_box_threshold", "marker_seed_threshold", "marker_grow_threshold",
                      "marker_mean_threshold"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ParameterError(f"DetectConfig.{name} {getattr(self, name)}: expected a value in (0, 1)")
-        if self.marker_grow_threshold > self.marker_seed_threshold:
-            raise ParameterError("DetectConfig.marker_grow_threshold must not exceed marker_seed_threshold")
-        if not 0.0 < self.marker_kernel < 0.5 or not 0.0 < self.marker_max_size <= 1.0:
-            raise ParameterError("DetectConfig.marker_kernel in (0, 0.5) and marker_max_size in (0, 1] expected")
-        if self.marker_link_px < 1 or self.marker_min_pixels < 1 or self.onnx_threads < 0:
-            raise ParameterError("DetectConfig.marker_link_px, marker_min_pixels >= 1 and onnx_threads >= 0 expected")
-        if not (self.dbnet or self.markers):
-            raise ParameterError("DetectConfig: enable at least one of dbnet and markers")
-        return self
+            yield 0.0 < getattr(self, name) < 1.0, name, "a value in (0, 1)"
+        yield self.marker_grow_threshold <= self.marker_seed_threshold, "marker_grow_threshold", \
+            "at most marker_seed_threshold"
+        yield 0.0 < self.marker_kernel < 0.5, "marker_kernel", "a value in (0, 0.5)"
+        yield 0.0 < self.marker_max_size <= 1.0, "marker_max_size", "a value in (0, 1]"
+        yield self.marker_link_px >= 1, "marker_link_px", "at least 1"
+        yield self.marker_min_pixels >= 1, "marker_min_pixels", "at least 1"
+        yield self.onnx_threads >= 0, "onnx_threads", "0 (one per core) or more"
+        yield self.dbnet or self.markers, "markers", "on when dbnet is off (at least one detector)"
 
 
 @dataclass
-class MaskConfig:
+class MaskConfig(Checked):
     """From boxes to the removal mask: SAM refinement (optional), growth, dilation."""
 
     sam_checkpoint: str | None = None    # SAM state dict (.pth read with weights_only=True, or .safetensors)
@@ -84,15 +80,15 @@ class MaskConfig:
     dilate_iterations: int = 2
     device: str = "auto"
 
-    def validate(self) -> "MaskConfig":
-        if self.grow_px < 0 or self.dilate_kernel < 1 or self.dilate_iterations < 0 or self.sam_box_margin < 0:
-            raise ParameterError("MaskConfig: grow_px, sam_box_margin, dilate_iterations >= 0 and "
-                                 "dilate_kernel >= 1 expected")
-        return self
+    def checks(self) -> Iterable[Check]:
+        yield self.grow_px >= 0, "grow_px", "0 or more"
+        yield self.sam_box_margin >= 0, "sam_box_margin", "0 or more"
+        yield self.dilate_kernel >= 1, "dilate_kernel", "at least 1"
+        yield self.dilate_iterations >= 0, "dilate_iterations", "0 or more"
 
 
 @dataclass
-class InpaintConfig:
+class InpaintConfig(Checked):
     """How the masked pixels are filled in."""
 
     backend: Backend = "telea"
@@ -111,25 +107,21 @@ class InpaintConfig:
     device: str = "auto"
     dtype: str = "auto"
 
-    def validate(self) -> "InpaintConfig":
-        if self.backend not in BACKENDS:
-            raise ParameterError(f"InpaintConfig.backend {self.backend!r}: expected one of {list(BACKENDS)}")
-        if self.backend == "sd" and not self.sd_path:
-            raise ParameterError("InpaintConfig: backend 'sd' needs sd_path (a local "
-                                 "StableDiffusionInpaintPipeline folder)")
-        if self.backend == "repaint" and not self.ddpm_path:
-            raise ParameterError("InpaintConfig: backend 'repaint' needs ddpm_path (a DDPMPipeline folder)")
-        if self.sd_resolution < 8 or self.sd_resolution % 8:
-            raise ParameterError(f"InpaintConfig.sd_resolution {self.sd_resolution}: expected a multiple of 8")
-        if min(self.sd_steps, self.repaint_steps, self.jump_length, self.jump_n_sample) < 1:
-            raise ParameterError("InpaintConfig: steps, jump_length and jump_n_sample must be >= 1")
-        if self.telea_radius <= 0 or not 0.0 <= self.eta <= 1.0:
-            raise ParameterError("InpaintConfig: telea_radius > 0 and eta in [0, 1] expected")
-        return self
+    def checks(self) -> Iterable[Check]:
+        yield self.backend in BACKENDS, "backend", f"one of {list(BACKENDS)}"
+        yield self.backend != "sd" or bool(self.sd_path), "sd_path", \
+            "a local StableDiffusionInpaintPipeline folder for backend 'sd'"
+        yield self.backend != "repaint" or bool(self.ddpm_path), "ddpm_path", \
+            "a DDPMPipeline folder for backend 'repaint'"
+        yield self.sd_resolution >= 8 and self.sd_resolution % 8 == 0, "sd_resolution", "a multiple of 8"
+        for name in ("sd_steps", "repaint_steps", "jump_length", "jump_n_sample"):
+            yield getattr(self, name) >= 1, name, "at least 1"
+        yield self.telea_radius > 0, "telea_radius", "positive"
+        yield 0.0 <= self.eta <= 1.0, "eta", "in [0, 1]"
 
 
 @dataclass
-class CleanupConfig:
+class CleanupConfig(Checked):
     """The whole removal step. ``seed`` makes the diffusion backends repeatable image by image."""
 
     detect: DetectConfig = field(default_factory=DetectConfig)
@@ -138,24 +130,16 @@ class CleanupConfig:
     batch_size: int = 8
     seed: int = 0
 
-    def validate(self) -> "CleanupConfig":
-        if self.batch_size < 1:
-            raise ParameterError(f"CleanupConfig.batch_size {self.batch_size}: expected >= 1")
-        self.detect.validate()
-        self.mask.validate()
-        self.inpaint.validate()
-        return self
+    title = "cleanup parameters"
+
+    def checks(self) -> Iterable[Check]:
+        yield from super().checks()
+        yield self.batch_size >= 1, "batch_size", "at least 1"
 
 
 def cleanup_config(overrides: Mapping[str, Any] | None = None, source: str = "cleanup parameters") -> CleanupConfig:
     """A validated :class:`CleanupConfig` from nested overrides such as ``{"inpaint": {"backend": "sd"}}``."""
-    base = to_dict(CleanupConfig())
-    for key, value in (overrides or {}).items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
-        else:
-            base[key] = value
-    return from_mapping(CleanupConfig, base, source=source).validate()
+    return configure({"default": CleanupConfig()}, "default", overrides, "cleanup", source)
 
 
 def with_backend(config: CleanupConfig, backend: str, **inpaint: Any) -> CleanupConfig:

@@ -30,7 +30,7 @@ import pandas as pd
 from support.cleanup.cleaner import Cleaner, CleanResult
 from support.cleanup.config import CleanupConfig
 from support.cleanup.pixels import gray8, read_pixels
-from support.data.images import ImageReadError
+from support.data.images import ImageReadError, png_bytes
 from support.data.schema import CHEXPERT_LABELS
 
 RECORDS_CSV = "cleanup/records.csv"
@@ -40,15 +40,6 @@ MASK_DIR = "cleanup/masks"
 RECORD_COLUMNS = ("dicom_id", "subject_id", "study_id", "status", "backend", "n_boxes", "n_dbnet", "n_marker",
                   "mask_pixels", "mask_fraction", "text_mask_pixels", "sam_fallbacks", "mask_path", "boxes")
 CLEANUP_PROVENANCE = ("cleanup_backend", "cleanup_status", "cleanup_mask_fraction")
-
-
-def png_bytes(mask: np.ndarray) -> bytes:
-    """bool (H, W) -> lossless 8-bit PNG (255 where true); deterministic bytes."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
 
 
 def _read_records(path: Path) -> dict[str, dict[str, str]]:
@@ -191,7 +182,7 @@ def clean_dataset(src_root: str | os.PathLike, out_root: str | os.PathLike, conf
         mask_path = ""
         if result.changed:
             mask_path = f"{MASK_DIR}/{dicom}.png"
-            writer.write_extra(mask_path, png_bytes(result.mask))
+            writer.write_extra(mask_path, png_bytes(np.where(result.mask, 255, 0).astype(np.uint8)))
         _copy_study(writer, rec, src_root, studies)
         _copy_annotations(writer, rec, h, w)
         r = result.record()

@@ -189,14 +189,8 @@ def write_text_dataset(root, images: Sequence[TextImage], name: str = "synthetic
     import csv
     import io
 
-    from PIL import Image
-
+    from support.data.images import png_bytes
     from support.data.writer import MimicLayoutWriter, make_dicom_id, make_study_id, make_subject_id
-
-    def png(arr: np.ndarray) -> bytes:
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG")
-        return buf.getvalue()
 
     rng = np.random.default_rng(seed)
     ids, rows = [], []
@@ -214,8 +208,9 @@ def write_text_dataset(root, images: Sequence[TextImage], name: str = "synthetic
             writer.add_labels(subject, study, {"No Finding": 1.0})
             writer.add_patient(subject, "F" if rng.random() < 0.5 else "M", int(rng.integers(20, 90)))
             if item.text_mask.any():
-                writer.write_extra(f"phantom/text_masks/{dicom}.png", png(np.where(item.text_mask, 255, 0).astype(np.uint8)))
-                writer.write_extra(f"phantom/clean/{dicom}.png", png(item.clean))
+                text_mask = np.where(item.text_mask, 255, 0).astype(np.uint8)
+                writer.write_extra(f"phantom/text_masks/{dicom}.png", png_bytes(text_mask))
+                writer.write_extra(f"phantom/clean/{dicom}.png", png_bytes(item.clean))
             rows += [(dicom, it["text"], it["x0"], it["y0"], it["x1"], it["y1"]) for it in item.items]
             ids.append(dicom)
         buf = io.StringIO()

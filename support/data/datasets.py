@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,12 +25,13 @@ from support.data.images import ImageReadError, SquareFit, apply_fit, read_image
 from support.data.records import DatasetSummary, RecordError, pair_studies
 from support.data.rle import rle_decode
 from support.data.schema import CHEXPERT_LABELS
+from support.params import Check, Checked
 
 TEXT_CHOICES = ("impression+findings", "findings+impression", "findings", "impression")
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageOptions:
+class ImageOptions(Checked):
     """How images become tensors. Augmentations are off unless ``augment=True``."""
 
     size: int = 256
@@ -44,15 +45,16 @@ class ImageOptions:
     brightness: float = 0.05
     contrast: float = 0.1
 
+    title = "image options"
+
     def __post_init__(self):
-        if self.size < 1:
-            raise ValueError(f"size {self.size}: expected a positive number of pixels")
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels {self.channels}: expected 1 or 3")
-        if tuple(self.value_range) not in ((0.0, 1.0), (-1.0, 1.0)):
-            raise ValueError(f"value_range {self.value_range}: expected (0, 1) or (-1, 1)")
-        if self.fit not in ("crop", "pad"):
-            raise ValueError(f"fit {self.fit!r}: expected 'crop' or 'pad'")
+        self.validate()
+
+    def checks(self) -> Iterable[Check]:
+        yield self.size >= 1, "size", "a positive number of pixels"
+        yield self.channels in (1, 3), "channels", "1 or 3"
+        yield tuple(self.value_range) in ((0.0, 1.0), (-1.0, 1.0)), "value_range", "(0, 1) or (-1, 1)"
+        yield self.fit in ("crop", "pad"), "fit", "'crop' or 'pad'"
 
 
 class ItemError(ValueError):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Iterable
 
 from support.data.schema import PHANTOM_FINDINGS
+from support.params import Check, Checked
 
 # Findings drawn independently per study ("No Finding" follows from the others).
 DRAWN_FINDINGS = tuple(f for f in PHANTOM_FINDINGS if f != "No Finding")
@@ -23,7 +25,7 @@ DEFAULT_PREVALENCE = {
 
 
 @dataclasses.dataclass
-class PhantomConfig:
+class PhantomConfig(Checked):
     """How many patients and studies, image size, seed, and how often each finding and artifact
     appears. ``lateral_share`` applies to non-portable studies (portable AP films have no
     lateral, as in practice); ``text_share`` is the share of images with burned-in text."""
@@ -41,34 +43,28 @@ class PhantomConfig:
     jpeg_quality: int = 95
     name: str = "phantom"
 
+    title = "phantom parameters"
+
     def __post_init__(self) -> None:
-        where = "PhantomConfig"
-        if not isinstance(self.n_patients, int) or self.n_patients < 1:
-            raise ValueError(f"{where}.n_patients: expected a positive integer, got {self.n_patients!r}")
+        self.validate()
+
+    def checks(self) -> Iterable[Check]:
+        yield isinstance(self.n_patients, int) and self.n_patients >= 1, "n_patients", "a positive integer"
         lo, hi = self.studies_per_patient
-        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
-            raise ValueError(f"{where}.studies_per_patient: expected (min, max) with 1 <= min <= max, "
-                             f"got {self.studies_per_patient!r}")
-        if not isinstance(self.image_size, int) or not 32 <= self.image_size <= 2048:
-            raise ValueError(f"{where}.image_size: expected an integer in 32..2048, got {self.image_size!r}")
+        yield isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi, "studies_per_patient", \
+            "(min, max) with 1 <= min <= max"
+        yield isinstance(self.image_size, int) and 32 <= self.image_size <= 2048, "image_size", \
+            "an integer in 32..2048"
         for name in ("text_share", "lateral_share", "ap_share", "portable_share_of_ap"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{where}.{name}: expected a probability in [0, 1], got {value!r}")
-        if not isinstance(self.prevalence, dict):
-            raise ValueError(f"{where}.prevalence: expected a mapping finding -> probability")
-        unknown = sorted(set(self.prevalence) - set(DRAWN_FINDINGS))
-        if unknown:
-            raise ValueError(f"{where}.prevalence: unknown finding(s) {unknown}; expected some of "
-                             f"{list(DRAWN_FINDINGS)} ('No Finding' follows from the others)")
-        for name, p in self.prevalence.items():
-            if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
-                raise ValueError(f"{where}.prevalence[{name!r}]: expected a probability in [0, 1], got {p!r}")
+            yield isinstance(value, (int, float)) and 0.0 <= value <= 1.0, name, "a probability in [0, 1]"
+        yield isinstance(self.prevalence, dict), "prevalence", "a mapping finding -> probability"
+        yield set(self.prevalence) <= set(DRAWN_FINDINGS), "prevalence", \
+            f"keyed by some of {list(DRAWN_FINDINGS)} ('No Finding' follows from the others)"
+        yield all(isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0
+                  for p in self.prevalence.values()), "prevalence", "probabilities in [0, 1]"
         fr = self.split_fractions
-        if len(fr) != 3 or any(f < 0 for f in fr) or not math.isclose(sum(fr), 1.0, abs_tol=1e-6):
-            raise ValueError(f"{where}.split_fractions: expected three non-negative shares "
-                             f"(train, validate, test) summing to 1, got {fr!r}")
-        if not 1 <= int(self.jpeg_quality) <= 100:
-            raise ValueError(f"{where}.jpeg_quality: expected 1..100, got {self.jpeg_quality!r}")
-        if not self.name or not isinstance(self.name, str):
-            raise ValueError(f"{where}.name: expected a non-empty dataset name")
+        yield len(fr) == 3 and all(f >= 0 for f in fr) and math.isclose(sum(fr), 1.0, abs_tol=1e-6), \
+            "split_fractions", "three non-negative shares (train, validate, test) summing to 1"
+        yield 1 <= int(self.jpeg_quality) <= 100, "jpeg_quality", "in 1..100"
+        yield isinstance(self.name, str) and bool(self.name), "name", "a non-empty dataset name"

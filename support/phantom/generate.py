@@ -25,6 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
+from support.data.images import png_bytes
 from support.data.schema import CHEXPERT_LABELS, PHANTOM_FINDINGS
 from support.data.writer import MimicLayoutWriter, encode_jpeg, make_dicom_id, make_study_id, make_subject_id
 from support.io import write_bytes_atomic
@@ -102,14 +103,6 @@ def plan_studies(config: PhantomConfig) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------ one study (worker)
-def _png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array), mode="L").save(buf, format="PNG", optimize=False, compress_level=6)
-    return buf.getvalue()
-
-
 def _worker_init() -> None:
     import cv2
     from threadpoolctl import threadpool_limits
@@ -153,8 +146,8 @@ def render_task(task: dict) -> dict:
             "boxes": r.boxes[view],
             "masks": {label: np.packbits(m) for label, m in r.masks[view].items()},
             "text_items": r.text_items[view],
-            "clean_png": _png(r.image(view, clean=True)) if texted else None,
-            "text_mask_png": _png(r.text_masks[view].astype(np.uint8) * 255) if texted else None,
+            "clean_png": png_bytes(r.image(view, clean=True)) if texted else None,
+            "text_mask_png": png_bytes(r.text_masks[view].astype(np.uint8) * 255) if texted else None,
         })
     t2 = time.perf_counter()
     return {"task": task, "spec": spec, "context": context, "report": report["text"], "labels": labels,
