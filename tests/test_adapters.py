@@ -206,16 +206,17 @@ def make_nih_tree(root: Path) -> Path:
     df["OriginalImagePixelSpacing[x"], df["y]"] = 0.143, 0.143
     root.mkdir(parents=True)
     df.to_csv(root / "Data_Entry_2017.csv", index=False)
-    # the official box file: "Bbox [x,y,w,h]" split over four columns, then empty ones
+    # the official box file: "Bbox [x,y,w,h]" split over four columns, then empty ones; its
+    # boxes are in the 1024 px of the released PNGs, whatever size the copies here are
     (root / "BBox_List_2017.csv").write_text(
         "Image Index,Finding Label,Bbox [x,y,w,h],,,,,,\n"
-        "00000003_000.png,Nodule,8,4,8,10,,,\n"
-        "00000001_000.png,Cardiomegaly,4,20,24,12,,,\n")
+        "00000003_000.png,Nodule,256,128,256,384,,,\n"
+        "00000001_000.png,Cardiomegaly,128,512,768,384,,,\n")
     (root / "train_val_list.txt").write_text("00000001_000.png\n00000001_001.png\n00000003_000.png\n00000004_000.png\n")
     (root / "test_list.txt").write_text("00000002_000.png\n")
     for i, name in enumerate(df["Image Index"]):
         folder = root / ("images_001" if i < 3 else "images_002") / "images"
-        write_jpeg(folder / name, mode="RGBA" if name == "00000004_000.png" else "L")
+        write_jpeg(folder / name, gradient(32, 32), mode="RGBA" if name == "00000004_000.png" else "L")
     return root
 
 
@@ -346,8 +347,9 @@ def test_mimic_official_layout_with_gz_tables_and_reports_zip(tmp_path):
                                   verify_images=True)
     assert list(table.columns) == list(TABLE_COLUMNS)
     recs = _by_id(table)
-    assert len(recs) == 4   # "AP AXIAL" and blank ViewPosition skipped as unknown views
-    assert summary.skipped == {"unknown view": 2}
+    assert len(recs) == 5   # "AP AXIAL" read as AP; the blank ViewPosition skipped as an unknown view
+    assert summary.skipped == {"unknown view": 1}
+    assert recs["096052b7-d256dc40-453a102b-fa7d01c6-1b22c6b4"]["view"] == "AP"
     pa = recs["02aa804e-bde0afdd-112c0b34-7bc16630-4e384014"]
     assert pa["view"] == "PA" and pa["split"] == "train" and pa["subject_id"] == "10000032"
     assert pa["findings"] == "There is no focal consolidation. Heart size is normal."
@@ -364,7 +366,7 @@ def test_mimic_official_layout_with_gz_tables_and_reports_zip(tmp_path):
     assert (ones["findings"] == "").all()
     pa_only, s = load_dataset("mimic-cxr-jpg", root, reports=False, views=["PA"])
     assert set(pa_only["view"]) == {"PA"} and s.excluded == {"view LATERAL not selected": 1,
-                                                            "view AP not selected": 2}
+                                                            "view AP not selected": 3}
     assert "no reports found" in " ".join(load_dataset("mimic-cxr-jpg", root)[1].notes)
 
 
@@ -420,7 +422,7 @@ def test_nih_cxr14(tmp_path):
     assert n["No Finding"] == 1.0 and n["split"] == "test" and n["sex"] == "F" and n["age"] == 81.0
     nod = recs["00000003_000"]
     assert nod["Lung Lesion"] == 1.0 and nod["Lung Opacity"] == 1.0 and math.isnan(nod["age"])  # age 414
-    assert nod["boxes"] == [{"label": "Nodule", "x0": 0.25, "y0": 0.1, "x1": 0.5, "y1": 0.35}]
+    assert nod["boxes"] == [{"label": "Nodule", "x0": 0.25, "y0": 0.125, "x1": 0.5, "y1": 0.5}]
     assert recs["00000004_000"]["Pleural Effusion"] == 1.0
     assert read_image(recs["00000004_000"]["path"]).ndim == 2   # an RGBA PNG, as a few NIH files are
     t, _ = load_dataset("nih-cxr14", root, validate_fraction=0.5)

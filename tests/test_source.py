@@ -41,3 +41,14 @@ def test_missing_pointer_and_unknown_kind_are_clear(tmp_path):
         source.resolve(tmp_path)
     with pytest.raises(ValueError, match="dataset kind 'dicomdir'"):
         source.layout_of("dicomdir")
+
+
+@pytest.mark.parametrize("name", ["test_list.txt", "BBox_List_2017.csv", "val.txt", "stage_2_train.csv",
+                                  "stage_2_detailed_class_info.csv"])
+def test_a_changed_split_box_or_class_file_changes_the_fingerprint(tmp_path, name):
+    """Models are cached by this fingerprint: a new split or new boxes must not reuse them."""
+    tiny_dataset(tmp_path)
+    (tmp_path / name).write_text("a\n")
+    before = source.fingerprint(tmp_path)["sha256"]
+    (tmp_path / name).write_text("b\n")
+    assert source.fingerprint(tmp_path)["sha256"] != before

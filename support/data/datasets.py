@@ -22,7 +22,7 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from support.data.images import ImageReadError, SquareFit, apply_fit, read_image, square_fit
-from support.data.records import DatasetSummary, RecordError, pair_studies
+from support.data.records import DatasetSummary, RecordError, box_in_unit_square, pair_studies
 from support.data.rle import rle_decode
 from support.data.schema import CHEXPERT_LABELS
 from support.params import Check, Checked
@@ -298,8 +298,14 @@ class FrontalLateralReportDataset(RecordDataset):
                 "split": rec["split"], "path": rec["frontal_path"]}
 
 
-def _box_array(boxes: list[dict], width: int, height: int, labels: Sequence[str] | None):
+def _box_array(boxes: list[dict], width: int, height: int, labels: Sequence[str] | None, path: str):
+    """The record's boxes of ``labels`` in pixels; a box outside [0, 1] or without area is an
+    error naming the file (the adapters never yield one), not a box that quietly vanishes."""
     kept = [b for b in boxes if labels is None or b["label"] in labels]
+    for b in kept:
+        if not box_in_unit_square(b):
+            raise ItemError(f"{path}: {b['label']} box ({b['x0']:g}, {b['y0']:g}, {b['x1']:g}, {b['y1']:g}): "
+                            f"expected 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
     arr = np.array([[b["x0"] * width, b["y0"] * height, b["x1"] * width, b["y1"] * height] for b in kept],
                    dtype=np.float64).reshape(-1, 4)
     return arr, [b["label"] for b in kept]
@@ -335,7 +341,7 @@ class BoxDataset(ImageDataset):
 
         rec = self.records.iloc[i]
         image, geo, arr = self._image(rec)
-        xyxy, names = _box_array(list(rec["boxes"] or []), arr.shape[1], arr.shape[0], self.classes)
+        xyxy, names = _box_array(list(rec["boxes"] or []), arr.shape[1], arr.shape[0], self.classes, rec["path"])
         out, keep = geo.boxes(xyxy)
         names = [n for n, k in zip(names, keep) if k]
         item = {"image": image, "boxes": torch.from_numpy(out[keep]), "box_labels": names,
@@ -402,7 +408,7 @@ class MaskDataset(ImageDataset):
         h, w = arr.shape
         union = np.zeros((h, w), bool)
         if self.boxes_as_masks:
-            xyxy, _ = _box_array(list(rec["boxes"] or []), w, h, self.mask_labels)
+            xyxy, _ = _box_array(list(rec["boxes"] or []), w, h, self.mask_labels, rec["path"])
             for x0, y0, x1, y1 in np.rint(xyxy).astype(int):
                 union[max(0, y0):y1, max(0, x0):x1] = True
         else:

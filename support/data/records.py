@@ -18,7 +18,7 @@ import math
 import os
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Hashable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -156,11 +156,39 @@ def relative_parts(relpath: str, root: Path | str = "the dataset root") -> tuple
 
 
 def resolve_inside(root: Path, relpath: str) -> Path:
-    """``root / relpath``, refusing absolute paths and paths that lead outside ``root``.
+    """``root / relpath``, refusing absolute paths and paths that climb out of ``root``.
 
-    Only the text is policed: a symlink inside the tree is the owner's own layout choice.
+    This polices the text; where a symlink on the way leads is checked with the file itself
+    (:class:`RootFence`, in :func:`check_images`), for every adapter alike.
     """
     return root.joinpath(*relative_parts(relpath, root))
+
+
+class RootFence:
+    """Refuses a path whose real location, symlinks followed, lies outside ``root``.
+
+    Each directory's real path is kept, so a table of a million images costs about one
+    ``lstat`` per file and per directory instead of one per component of every path.
+    """
+
+    def __init__(self, root: Path | str):
+        self.root = os.path.realpath(root)
+        self._real_dirs: dict[str, str] = {}
+
+    def real_path(self, path: str) -> str:
+        parent, name = os.path.split(path)
+        if not name:   # the file-system root
+            return path
+        if parent not in self._real_dirs:
+            self._real_dirs[parent] = self.real_path(parent)
+        real = os.path.join(self._real_dirs[parent], name)
+        return os.path.realpath(real) if os.path.islink(real) else real
+
+    def check(self, path: Path | str) -> None:
+        real = self.real_path(os.path.abspath(path))
+        if os.path.commonpath([real, self.root]) != self.root:
+            raise UnsafePathError(f"{path} leads to {real}, outside the dataset root {self.root}; "
+                                  f"expected a file inside it")
 
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -185,9 +213,24 @@ def parse_float(text: Any) -> float:
     return math.nan if s == "" else float(s)
 
 
+def parse_count(text: Any, field: str, minimum: int = 0) -> int:
+    """A cell that must hold a whole number >= ``minimum`` ("64" or "64.0"); anything else
+    (64.9, inf, blank, text) raises ValueError naming the field."""
+    try:
+        value = parse_float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value == int(value) and value >= minimum):
+        raise ValueError(f"{field}={text!r}: expected a whole number >= {minimum}")
+    return int(value)
+
+
 def parse_label(text: Any, name: str) -> float:
-    value = parse_float(text)
-    if not (math.isnan(value) or value in (1.0, 0.0, -1.0)):
+    try:
+        value = parse_float(text)
+    except ValueError:
+        value = None
+    if value is None or not (math.isnan(value) or value in (1.0, 0.0, -1.0)):
         raise ValueError(f"label {name}={text!r}, expected 1, 0, -1 or blank")
     return value
 
@@ -233,6 +276,102 @@ def apply_uncertain_policy(labels: pd.DataFrame, policy: str) -> pd.DataFrame:
     return out
 
 
+def decode_utf8(data: bytes) -> str:
+    """Bytes -> text; ValueError naming the first byte that is not UTF-8 and where it is."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"byte 0x{data[exc.start]:02x} at offset {exc.start} is not UTF-8; "
+                         f"expected UTF-8 text") from None
+
+
+def text_lines(path: Path, summary: DatasetSummary) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a text file; a line that is not UTF-8 is skipped and counted."""
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            yield number, decode_utf8(raw)
+        except ValueError as exc:
+            summary.skip("not UTF-8", f"{path.name} line {number}", str(exc))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality that takes NaN (a blank cell) as equal to NaN."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def _difference(a: Any, b: Any) -> str:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return ", ".join(f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in dict.fromkeys([*a, *b])
+                         if not _same(a.get(k), b.get(k)))
+    return f"{a!r} vs {b!r}"
+
+
+def index_rows(rows: Iterable[tuple[Hashable, Any, str]], summary: DatasetSummary, source: str,
+               what: str) -> tuple[dict, set]:
+    """(key -> value, conflicting keys) from an index table's rows, given as (key, value, where).
+
+    A key listed again with the same value is harmless. With another value no row wins: the key
+    is left out and counted once as "conflicting rows in SOURCE", naming both rows (an error in
+    strict mode), so a split or a label is never decided by row order.
+    """
+    values: dict = {}
+    first: dict = {}
+    conflicts: set = set()
+    for key, value, where in rows:
+        if key in conflicts:
+            continue
+        if key not in values:
+            values[key], first[key] = value, where
+        elif not _same(values[key], value):
+            shown = "/".join(key) if isinstance(key, tuple) else key
+            summary.skip(f"conflicting rows in {source}", f"{what} {shown}",
+                         f"{first[key]} and {where} disagree ({_difference(values[key], value)}); "
+                         f"expected one value per {what}")
+            conflicts.add(key)
+            del values[key]
+    return values, conflicts
+
+
+# ------------------------------------------------------------------------------ boxes
+def box_in_unit_square(box: Mapping[str, float]) -> bool:
+    """A record box lies in the image and has an area: 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1."""
+    return 0.0 <= box["x0"] < box["x1"] <= 1.0 and 0.0 <= box["y0"] < box["y1"] <= 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxSpace:
+    """The pixel space (``width`` x ``height``) a dataset states its boxes in, and who states it."""
+
+    width: float
+    height: float
+    source: str
+
+    def normalise(self, label: str, x0: float, y0: float, x1: float, y1: float) -> dict[str, Any]:
+        """Pixel corners -> a record box in [0, 1]; ValueError when the box leaves the space."""
+        box = {"label": label, "x0": x0 / self.width, "y0": y0 / self.height,
+               "x1": x1 / self.width, "y1": y1 / self.height}
+        if not box_in_unit_square(box):
+            raise ValueError(f"{label} box x {x0:g}..{x1:g}, y {y0:g}..{y1:g} leaves the "
+                             f"{self.width:g}x{self.height:g} px of {self.source}; expected "
+                             f"0 <= x0 < x1 <= {self.width:g} and 0 <= y0 < y1 <= {self.height:g}")
+        return box
+
+    def check_image(self, width: int, height: int) -> None:
+        """ValueError unless an image of this size is the space itself or a copy rescaled alike on
+        both axes (a pixel of rounding allowed): only then do the normalised boxes fit it."""
+        if (abs(height - width * self.height / self.width) > 1
+                and abs(width - height * self.width / self.height) > 1):
+            raise ValueError(f"the file is {width}x{height} px but its boxes are in the "
+                             f"{self.width:g}x{self.height:g} px of {self.source}; expected that "
+                             f"size or a copy rescaled alike on both axes")
+
+
 # ------------------------------------------------------------------------------ the table
 def empty_record(dataset: str) -> dict[str, Any]:
     rec: dict[str, Any] = {c: "" for c in RECORD_COLUMNS}
@@ -262,34 +401,61 @@ def make_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return df.loc[order].reset_index(drop=True)
 
 
-def check_images(records: list[dict[str, Any]], summary: DatasetSummary,
-                 verify_images: bool = False) -> list[dict[str, Any]]:
-    """Drop records whose file is missing (and, with ``verify_images``, unreadable), counting them."""
+def _image_problem(rec: Mapping[str, Any], verify_images: bool,
+                   space: BoxSpace | None) -> tuple[str, str] | None:
+    """(reason, detail) when an existing image file is unreadable or does not fit its boxes."""
+    from support.data.images import ImageReadError, image_size, read_image
+
+    path = rec["path"]
+    try:
+        size = read_image(path).shape[::-1] if verify_images else None
+        if space is not None:
+            space.check_image(*(size or image_size(path)))
+    except ImageReadError as exc:
+        return "corrupt image", str(exc.reason)
+    except ValueError as exc:
+        return "image size mismatch", f"image {rec['image_id']}: {exc}"
+    return None
+
+
+def check_images(records: list[dict[str, Any]], summary: DatasetSummary, verify_images: bool = False,
+                 box_spaces: Mapping[str, BoxSpace] | None = None) -> list[dict[str, Any]]:
+    """Drop records whose file is missing, leads outside the dataset root, is unreadable (with
+    ``verify_images``) or does not fit the space its boxes were stated in, counting them.
+
+    ``box_spaces``: image_id -> the :class:`BoxSpace` a table stated that image's boxes in. The
+    file's size is checked against it for every record with boxes (from the header unless the
+    image is decoded anyway), so a wrong size never moves a box unseen.
+    """
     from tqdm.auto import tqdm
 
-    from support.data.images import ImageReadError, read_image
-
+    fence = RootFence(summary.root)
+    box_spaces = box_spaces or {}
     kept = []
     for rec in tqdm(records, desc=f"checking {summary.dataset} images", unit="img",
                     disable=not verify_images or len(records) < 200, leave=False):
         path = Path(rec["path"])
+        try:
+            fence.check(path)
+        except UnsafePathError as exc:
+            summary.skip("unsafe path", path, f"image {rec['image_id']}: {exc}")
+            continue
         if not path.is_file():
             summary.skip("missing file", path, f"image {rec['image_id']}")
             continue
-        if verify_images:
-            try:
-                read_image(path)
-            except ImageReadError as exc:
-                summary.skip("corrupt image", path, str(exc.reason))
-                continue
+        space = box_spaces.get(rec["image_id"]) if rec["boxes"] else None
+        problem = _image_problem(rec, verify_images, space)
+        if problem:
+            summary.skip(problem[0], path, problem[1])
+            continue
         kept.append(rec)
     return kept
 
 
-def finish(records: list[dict[str, Any]], summary: DatasetSummary,
-           verify_images: bool = False) -> tuple[pd.DataFrame, DatasetSummary]:
+def finish(records: list[dict[str, Any]], summary: DatasetSummary, verify_images: bool = False,
+           box_spaces: Mapping[str, BoxSpace] | None = None) -> tuple[pd.DataFrame, DatasetSummary]:
     """Check image files, note patients that straddle splits, and build the table."""
-    kept = check_images(records, summary, verify_images)
+    kept = check_images(records, summary, verify_images, box_spaces)
     table = make_table(kept)
     summary.kept = len(table)
     if len(table):

@@ -25,6 +25,15 @@ POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
 FRONTAL_VIEWS = ("PA", "AP")
 LATERAL_VIEWS = ("LATERAL", "LL")
 KNOWN_VIEWS = FRONTAL_VIEWS + LATERAL_VIEWS
+# Other ViewPosition values (MIMIC-CXR's, as written in its DICOM headers). An angled AP and a
+# cross-table lateral are still a frontal and a lateral chest projection; the rest are not views
+# the datasets model, and are skipped with these names.
+VIEW_ALIASES = {"AP AXIAL": "AP", "XTABLE LATERAL": "LATERAL"}
+UNMODELLED_VIEWS = {
+    "PA LLD": "decubitus view", "AP LLD": "decubitus view", "PA RLD": "decubitus view",
+    "AP RLD": "decubitus view", "LAO": "oblique view", "RAO": "oblique view", "LPO": "oblique view",
+    "RPO": "oblique view", "SWIMMERS": "swimmer's view (cervicothoracic junction)",
+}
 SPLITS = ("train", "validate", "test")
 
 # Columns of the record table. Labels follow as one float column per CHEXPERT_LABELS name.
@@ -43,6 +52,27 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "boxes",        # list of {"label", "x0", "y0", "x1", "y1"}; coordinates normalised to [0, 1]
     "masks",        # list of {"label", "rle", "width", "height"} (SIIM relative RLE) or {"label", "path"}
 )
+
+
+class ViewError(ValueError):
+    """A ViewPosition that is no modelled view; ``reason`` names the kind (for a summary's count)."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)
+
+
+def chest_view(text: str) -> str:
+    """A ViewPosition as written (any case or spacing) -> one of ``KNOWN_VIEWS``, else ``ViewError``."""
+    view = " ".join(str(text or "").upper().split())
+    view = VIEW_ALIASES.get(view, view)
+    if view in KNOWN_VIEWS:
+        return view
+    if view in UNMODELLED_VIEWS:
+        raise ViewError("view not modelled", f"ViewPosition {text!r} ({UNMODELLED_VIEWS[view]}): "
+                                             f"expected a frontal or lateral chest view")
+    raise ViewError("unknown view", f"ViewPosition {text!r}: expected one of "
+                                    f"{list(KNOWN_VIEWS + tuple(VIEW_ALIASES))}")
 
 
 def is_frontal(view: str) -> bool:

@@ -21,8 +21,9 @@ POINTER = Path("data") / "dataset.json"
 # The files whose bytes define a dataset's content for the fingerprint (those present are hashed).
 INDEX_FILES = ("mimic-cxr-2.0.0-metadata.csv", "mimic-cxr-2.0.0-chexpert.csv", "mimic-cxr-2.0.0-split.csv",
                "patients.csv", "annotations/boxes.csv", "annotations/masks.csv", "provenance.csv",
-               "train.csv", "valid.csv", "Data_Entry_2017.csv", "stage_2_train_labels.csv",
-               "train-rle.csv", "train.txt", "test.txt", "dev.csv")
+               "train.csv", "valid.csv", "Data_Entry_2017.csv", "BBox_List_2017.csv", "train_val_list.txt",
+               "test_list.txt", "stage_2_train_labels.csv", "stage_2_detailed_class_info.csv", "train-rle.csv",
+               "stage_2_train.csv", "train.txt", "val.txt", "test.txt", "dev.csv")
 
 
 def layout_of(kind: str) -> str:

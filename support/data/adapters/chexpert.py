@@ -93,7 +93,7 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
             patient, study, stem = parts[-3], parts[-2], PurePosixPath(parts[-1]).stem
             image_id = f"{patient}_{study}_{stem}"
             if image_id in seen:
-                summary.skip("duplicate row", where, image_id)
+                summary.skip("duplicate row", where, f"{image_id} listed again; expected one row per image")
                 continue
             try:
                 view = _view(r.get("Frontal/Lateral", ""), r.get("AP/PA", ""), rel)

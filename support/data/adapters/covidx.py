@@ -14,7 +14,7 @@ from pathlib import Path
 
 from support.data.records import (
     DatasetLayoutError, DatasetSummary, UnsafePathError, empty_record, finish, patient_split,
-    require_root, resolve_inside,
+    require_root, resolve_inside, text_lines,
 )
 
 KIND = "covidx"
@@ -50,10 +50,10 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
         path = files[name]
         if path is None:
             continue
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        for number, line in text_lines(path, summary):
             if not line.strip():
                 continue
-            where = f"{path.name} line {i + 1}"
+            where = f"{path.name} line {number}"
             parts = line.split()
             if len(parts) < 4:
                 summary.skip("bad line", where, f"{line!r}: expected 'patient_id filename class source'")
@@ -69,7 +69,7 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
                 summary.skip("unsafe path", where, str(exc))
                 continue
             if (split, filename) in seen:
-                summary.skip("duplicate row", where, filename)
+                summary.skip("duplicate row", where, f"{filename} listed again; expected one line per image")
                 continue
             seen.add((split, filename))
             subject = f"{source}/{patient}"

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Sequence
 
 from support.data.records import (
-    DatasetSummary, UnsafePathError, apply_uncertain_policy, empty_record,
-    find_file, finish, parse_age, parse_float, parse_label, parse_sex, read_table, require_root,
-    safe_id,
+    BoxSpace, DatasetSummary, UnsafePathError, apply_uncertain_policy, decode_utf8, empty_record,
+    find_file, finish, index_rows, parse_age, parse_count, parse_float, parse_label, parse_sex,
+    read_table, require_root, safe_id,
 )
 from support.data.rle import rle_decode
-from support.data.schema import CHEXPERT_LABELS, KNOWN_VIEWS, SPLITS
+from support.data.schema import CHEXPERT_LABELS, KNOWN_VIEWS, SPLITS, ViewError, chest_view
 from support.data.sections import parse_sections
 from support.io import read_json
 
@@ -66,11 +66,12 @@ class _Reports:
         return (self.source / rel).is_file()
 
     def read(self, subject: str, study: str) -> str:
+        """The report's text; ValueError when it is not UTF-8 (never silently replaced)."""
         rel = self.relpath(subject, study)
         if self.zip:
             name = rel if rel in self.names else f"mimic-cxr-reports/{rel}"
-            return self.zip.read(name).decode("utf-8", errors="replace")
-        return (self.source / rel).read_text(encoding="utf-8", errors="replace")
+            return decode_utf8(self.zip.read(name))
+        return decode_utf8((self.source / rel).read_bytes())
 
     def where(self, subject: str, study: str) -> str:
         return f"{self.source}{'!' if self.zip else os.sep}{self.relpath(subject, study)}"
@@ -102,32 +103,32 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
 
     meta_path = _csv(root, "mimic-cxr-2.0.0-metadata", "image metadata table")
     meta = read_table(meta_path, META_COLUMNS, KIND)
-    split_path = _csv(root, "mimic-cxr-2.0.0-split", "split table")
-    split_table = read_table(split_path, SPLIT_COLUMNS, KIND)
-    split_of = dict(zip(split_table["dicom_id"], split_table["split"]))
+    # images, subjects and studies whose rows were refused: left out, already counted
+    split_of, refused_images = _splits(_csv(root, "mimic-cxr-2.0.0-split", "split table"), summary)
 
     study_labels: dict[tuple[str, str], dict[str, float]] = {}
+    refused_studies: set[tuple[str, str]] = set()
     if labels != "none":
         label_path = _csv(root, f"mimic-cxr-2.0.0-{labels}", f"{labels} label table")
-        table = read_table(label_path, ("subject_id", "study_id") + CHEXPERT_LABELS, KIND)
-        for i, r in enumerate(table.to_dict("records")):
-            try:
-                study_labels[(r["subject_id"], r["study_id"])] = {
-                    k: parse_label(r[k], k) for k in CHEXPERT_LABELS}
-            except ValueError as exc:
-                summary.skip("bad label value", f"{label_path.name} row {i + 2}", str(exc))
+        study_labels, refused_studies = _study_labels(label_path, summary)
 
     patients: dict[str, tuple[str, float]] = {}
+    refused_subjects: set[str] = set()
     ppath = Path(patients_csv) if patients_csv else _optional_csv(root, "patients")
     if ppath is not None:
-        for r in read_table(ppath, ("subject_id", "gender", "anchor_age"), KIND).to_dict("records"):
-            patients[r["subject_id"]] = (parse_sex(r["gender"]), parse_age(r["anchor_age"]))
+        rows = read_table(ppath, ("subject_id", "gender", "anchor_age"), KIND).to_dict("records")
+        patients, refused_subjects = index_rows(
+            ((r["subject_id"].strip(), (parse_sex(r["gender"]), parse_age(r["anchor_age"])),
+              f"{ppath.name} row {i + 2}") for i, r in enumerate(rows)), summary, ppath.name, "subject_id")
 
     provenance: dict[str, dict[str, str]] = {}
     prov_path = _optional_csv(root, "provenance")
     if prov_path is not None:
-        for r in read_table(prov_path, ("dicom_id",), KIND).to_dict("records"):
-            provenance[r.pop("dicom_id")] = r
+        rows = read_table(prov_path, ("dicom_id",), KIND).to_dict("records")
+        provenance, conflicts = index_rows(
+            ((r.pop("dicom_id").strip(), r, f"{prov_path.name} row {i + 2}") for i, r in enumerate(rows)),
+            summary, prov_path.name, "dicom_id")
+        refused_images |= conflicts
 
     source = Path(reports_root).expanduser() if reports_root else root
     if reports_root and not source.exists():
@@ -135,7 +136,7 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
     report_store = _Reports(source) if reports is not False else None
 
     rows = meta.to_dict("records")
-    sizes: dict[str, tuple[int, int]] = {}
+    spaces: dict[str, BoxSpace] = {}
     records = []
     seen: set[str] = set()
     for i, r in enumerate(rows):
@@ -146,28 +147,29 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
             summary.skip("unsafe path", where, str(exc))
             continue
         if dicom in seen:
-            summary.skip("duplicate row", where, f"dicom_id {dicom} listed again")
+            summary.skip("duplicate row", where, f"dicom_id {dicom} listed again; expected one row per image")
             continue
         seen.add(dicom)
-        view = r["ViewPosition"].strip().upper()
-        if view not in KNOWN_VIEWS:
-            summary.skip("unknown view", where, f"dicom_id {dicom} ViewPosition {r['ViewPosition']!r}")
+        if dicom in refused_images or subject in refused_subjects or (subject, study) in refused_studies:
+            continue
+        try:
+            view = chest_view(r["ViewPosition"])
+        except ViewError as exc:
+            summary.skip(exc.reason, where, f"dicom_id {dicom}: {exc}")
             continue
         if views is not None and view not in views:
             summary.exclude(f"view {view} not selected")
             continue
         split = split_of.get(dicom)
         if split not in SPLITS:
-            summary.skip("unknown split", where, f"dicom_id {dicom} split {split!r}")
+            summary.skip("unknown split", where, f"dicom_id {dicom} split {split!r}; expected one of {list(SPLITS)}")
             continue
         try:
-            height, width = int(parse_float(r["Rows"])), int(parse_float(r["Columns"]))
-            if height <= 0 or width <= 0:
-                raise ValueError
-        except ValueError:
-            summary.skip("bad image size", where, f"Rows={r['Rows']!r} Columns={r['Columns']!r}")
+            height, width = parse_count(r["Rows"], "Rows", 1), parse_count(r["Columns"], "Columns", 1)
+        except ValueError as exc:
+            summary.skip("bad image size", where, f"dicom_id {dicom}: {exc}")
             continue
-        sizes[dicom] = (width, height)
+        spaces[dicom] = BoxSpace(width, height, f"{where} (Rows, Columns)")
         rec = empty_record(name)
         rec.update(subject_id=subject, study_id=study, image_id=dicom, view=view, split=split,
                    path=str(root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg"),
@@ -179,11 +181,37 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
         records.append(rec)
 
     records = _attach_reports(records, report_store, reports, summary)
-    _attach_annotations(root, records, sizes, summary)
-    table, summary = finish(records, summary, verify_images)
+    _attach_annotations(root, records, spaces, summary)
+    table, summary = finish(records, summary, verify_images, box_spaces=spaces)
     if labels != "none":
         table = apply_uncertain_policy(table, uncertain)
     return table, summary
+
+
+def _splits(path: Path, summary: DatasetSummary) -> tuple[dict[str, str], set[str]]:
+    """dicom_id -> split, and the dicom_ids whose rows disagree (left out, counted)."""
+    rows = read_table(path, SPLIT_COLUMNS, KIND).to_dict("records")
+    return index_rows(((r["dicom_id"].strip(), r["split"].strip(), f"{path.name} row {i + 2}")
+                       for i, r in enumerate(rows)), summary, path.name, "dicom_id")
+
+
+def _study_labels(path: Path, summary: DatasetSummary) -> tuple[dict[tuple[str, str], dict[str, float]],
+                                                                set[tuple[str, str]]]:
+    """(subject, study) -> labels, and the studies left out: a bad cell or disagreeing rows.
+
+    A study's labels are all or nothing: its images are never kept with a row that was refused.
+    """
+    parsed, refused = [], set()
+    table = read_table(path, ("subject_id", "study_id") + CHEXPERT_LABELS, KIND)
+    for i, r in enumerate(table.to_dict("records")):
+        where, key = f"{path.name} row {i + 2}", (r["subject_id"].strip(), r["study_id"].strip())
+        try:
+            parsed.append((key, {k: parse_label(r[k], k) for k in CHEXPERT_LABELS}, where))
+        except ValueError as exc:
+            summary.skip("bad label value", where, f"study {key[1]}: {exc}; its images are left out")
+            refused.add(key)
+    labels, conflicts = index_rows(parsed, summary, path.name, "study")
+    return {k: v for k, v in labels.items() if k not in refused}, refused | conflicts
 
 
 def _attach_reports(records: list[dict], store: _Reports | None, mode, summary: DatasetSummary) -> list[dict]:
@@ -202,7 +230,12 @@ def _attach_reports(records: list[dict], store: _Reports | None, mode, summary: 
             summary.skip("missing report", store.where(*s), f"study {s[1]}")
             sections[s] = None
             continue
-        text = store.read(*s)
+        try:
+            text = store.read(*s)
+        except ValueError as exc:
+            summary.skip("report not UTF-8", store.where(*s), f"study {s[1]}: {exc}")
+            sections[s] = None
+            continue
         if not text.strip():
             summary.skip("empty report", store.where(*s), f"study {s[1]}")
             sections[s] = None
@@ -221,7 +254,7 @@ def _attach_reports(records: list[dict], store: _Reports | None, mode, summary: 
     return kept
 
 
-def _attach_annotations(root: Path, records: list[dict], sizes: dict[str, tuple[int, int]],
+def _attach_annotations(root: Path, records: list[dict], spaces: dict[str, BoxSpace],
                         summary: DatasetSummary) -> None:
     by_id = {r["image_id"]: r for r in records}
     box_path = root / "annotations" / "boxes.csv"
@@ -232,16 +265,18 @@ def _attach_annotations(root: Path, records: list[dict], sizes: dict[str, tuple[
             if rec is None:
                 summary.exclude("box of an image not in the table")
                 continue
-            w, h = sizes[r["dicom_id"]]
+            where = f"{box_path} row {i + 2}"
             try:
                 x, y, bw, bh = (parse_float(r[k]) for k in ("x", "y", "width", "height"))
                 if not all(map(math.isfinite, (x, y, bw, bh))) or bw <= 0 or bh <= 0:
                     raise ValueError("needs finite numbers and positive size")
             except ValueError as exc:
-                summary.skip("bad box", f"{box_path} row {i + 2}", str(exc))
+                summary.skip("bad box", where, str(exc))
                 continue
-            rec["boxes"].append({"label": r["label"], "x0": max(0.0, x / w), "y0": max(0.0, y / h),
-                                 "x1": min(1.0, (x + bw) / w), "y1": min(1.0, (y + bh) / h)})
+            try:
+                rec["boxes"].append(spaces[r["dicom_id"]].normalise(r["label"], x, y, x + bw, y + bh))
+            except ValueError as exc:
+                summary.skip("box outside the image", where, f"dicom_id {r['dicom_id']}: {exc}")
     mask_path = root / "annotations" / "masks.csv"
     if mask_path.is_file():
         table = read_table(mask_path, ("ImageId", "label", "EncodedPixels", "width", "height"), KIND)
@@ -251,7 +286,7 @@ def _attach_annotations(root: Path, records: list[dict], sizes: dict[str, tuple[
                 summary.exclude("mask of an image not in the table")
                 continue
             try:
-                w, h = int(r["width"]), int(r["height"])
+                w, h = parse_count(r["width"], "width", 1), parse_count(r["height"], "height", 1)
                 rle_decode(r["EncodedPixels"], w, h)   # refuse a malformed run list now, not in training
             except ValueError as exc:
                 summary.skip("bad mask", f"{mask_path} row {i + 2}", str(exc))

@@ -6,6 +6,9 @@
 the released 1024 px PNG (its header splits ``Bbox [x,y,w,h]`` over four columns).
 ``train_val_list.txt`` / ``test_list.txt``: the official patient-wise split (validation is
 carved out of train_val by patient). Images sit in ``images/`` or ``images_001/images/`` ...
+Boxes are normalised by that 1024 px space whatever the size of the files, so resized copies
+keep their boxes; ``OriginalImage[Width, Height]`` is the size of the DICOM before the release
+was resized, not the space of the boxes.
 
 The 14 NIH labels are kept in ``source_labels``; those with a CheXpert counterpart also set the
 CheXpert columns (NIH marks absence of every one of its labels, so unmatched ones are 0).
@@ -17,12 +20,11 @@ import math
 import os
 from pathlib import Path
 
-from support.data.images import ImageReadError, image_size
 from support.data.records import (
-    DatasetSummary, UnsafePathError, empty_record, find_file, finish, parse_age, parse_float,
-    parse_sex, patient_split, read_table, require_root, safe_id,
+    BoxSpace, DatasetSummary, UnsafePathError, empty_record, find_file, finish, index_rows, parse_age,
+    parse_count, parse_float, parse_sex, patient_split, read_table, require_root, safe_id, text_lines,
 )
-from support.data.schema import CHEXPERT_LABELS, KNOWN_VIEWS
+from support.data.schema import CHEXPERT_LABELS, ViewError, chest_view
 
 KIND = "nih-cxr14"
 NIH_LABELS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
@@ -35,6 +37,8 @@ TO_CHEXPERT = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Ef
                "Edema": "Edema", "Pleural_Thickening": "Pleural Other"}
 # CheXpert's hierarchy: these findings are kinds of lung opacity.
 OPACITY_CHILDREN = ("Edema", "Consolidation", "Pneumonia", "Lung Lesion", "Atelectasis")
+BOX_SPACE = BoxSpace(1024, 1024, "the released 1024x1024 PNGs (BBox_List_2017.csv)")
+SPLIT_LISTS = {"train_val_list.txt": "train_val", "test_list.txt": "test"}
 ENTRY_COLUMNS = ("Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
                  "Patient Gender", "View Position")
 
@@ -63,8 +67,15 @@ def _index_images(root: Path) -> dict[str, Path]:
     return index
 
 
-def _read_list(path: Path) -> set[str]:
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+def _official_split(root: Path, summary: DatasetSummary) -> tuple[dict[str, str], set[str]] | None:
+    """Image Index -> "train_val" or "test" from the two split lists, and the images listed in
+    both (left out, counted); None when the lists are not there."""
+    if not all((root / name).is_file() for name in SPLIT_LISTS):
+        return None
+    rows = ((line.strip(), part, f"{name} line {number}")
+            for name, part in SPLIT_LISTS.items()
+            for number, line in text_lines(root / name, summary) if line.strip())
+    return index_rows(rows, summary, " and ".join(SPLIT_LISTS), "Image Index")
 
 
 def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool = False,
@@ -80,11 +91,9 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
     if not images:
         summary.note(f"no PNG found under {root}/images*/; every row will count as a missing file")
 
-    lists = {name: root / name for name in ("train_val_list.txt", "test_list.txt")}
-    have_lists = all(p.is_file() for p in lists.values())
-    train_val = _read_list(lists["train_val_list.txt"]) if have_lists else set()
-    test = _read_list(lists["test_list.txt"]) if have_lists else set()
-    if not have_lists:
+    official = _official_split(root, summary)
+    listed, in_both = official or ({}, set())
+    if official is None:
         summary.note("train_val_list.txt/test_list.txt not found: split by a hash of Patient ID")
     fractions = (1 - validate_fraction, validate_fraction, 0.0)
 
@@ -93,14 +102,16 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
         where = f"{entry_path.name} row {i + 2}"
         try:
             name = safe_id(r["Image Index"], "Image Index")
-            patient = str(int(parse_float(r["Patient ID"])))
-            followup = str(int(parse_float(r["Follow-up #"])))
+            patient = str(parse_count(r["Patient ID"], "Patient ID"))
+            followup = str(parse_count(r["Follow-up #"], "Follow-up #"))
         except (UnsafePathError, ValueError) as exc:
             summary.skip("bad id", where, str(exc))
             continue
         if name in by_name:
-            summary.skip("duplicate row", where, name)
+            summary.skip("duplicate row", where, f"{name} listed again; expected one row per image")
             continue
+        if name in in_both:
+            continue   # counted where the split lists were read
         findings = [f.strip() for f in r["Finding Labels"].split("|") if f.strip()]
         if findings == ["No Finding"]:
             findings = []
@@ -108,20 +119,20 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
         if unknown or not r["Finding Labels"].strip():
             summary.skip("bad label value", where, f"Finding Labels {r['Finding Labels']!r}")
             continue
-        view = r["View Position"].strip().upper()
-        if view not in KNOWN_VIEWS:
-            summary.skip("unknown view", where, f"{name}: View Position {r['View Position']!r}")
+        try:
+            view = chest_view(r["View Position"])
+        except ViewError as exc:
+            summary.skip(exc.reason, where, f"{name}: {exc}")
             continue
-        if have_lists:
-            if name in test:
-                split = "test"
-            elif name in train_val:
-                split = "validate" if patient_split(patient, fractions) == "validate" else "train"
-            else:
-                summary.exclude("image in neither split list")
-                continue
-        else:
+        if official is None:
             split = patient_split(patient)
+        elif name not in listed:
+            summary.exclude("image in neither split list")
+            continue
+        elif listed[name] == "test":
+            split = "test"
+        else:
+            split = "validate" if patient_split(patient, fractions) == "validate" else "train"
         rec = empty_record(KIND)
         rec.update(subject_id=patient, study_id=f"{patient}_{followup}", image_id=Path(name).stem, view=view,
                    path=str(images.get(name, root / "images" / name)), split=split,
@@ -131,7 +142,8 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
         by_name[name] = rec
 
     _attach_boxes(root, by_name, summary)
-    return finish(records, summary, verify_images)
+    return finish(records, summary, verify_images,
+                  box_spaces={rec["image_id"]: BOX_SPACE for rec in records if rec["boxes"]})
 
 
 def _attach_boxes(root: Path, by_name: dict[str, dict], summary: DatasetSummary) -> None:
@@ -142,7 +154,6 @@ def _attach_boxes(root: Path, by_name: dict[str, dict], summary: DatasetSummary)
     if table.shape[1] < 6:
         raise ValueError(f"{KIND}: {path} has {table.shape[1]} columns; expected Image Index, "
                          f"Finding Label and the four Bbox [x, y, w, h] columns")
-    sizes: dict[str, tuple[int, int]] = {}
     for i, row in enumerate(table.itertuples(index=False)):
         name, label = row[0].strip(), row[1].strip()
         rec = by_name.get(name)
@@ -157,11 +168,7 @@ def _attach_boxes(root: Path, by_name: dict[str, dict], summary: DatasetSummary)
         except ValueError as exc:
             summary.skip("bad box", where, str(exc))
             continue
-        if name not in sizes:
-            try:
-                sizes[name] = image_size(rec["path"])
-            except ImageReadError:
-                continue  # the image itself is reported missing or corrupt by finish()
-        W, H = sizes[name]
-        rec["boxes"].append({"label": label, "x0": max(0.0, x / W), "y0": max(0.0, y / H),
-                             "x1": min(1.0, (x + w) / W), "y1": min(1.0, (y + h) / H)})
+        try:
+            rec["boxes"].append(BOX_SPACE.normalise(label, x, y, x + w, y + h))
+        except ValueError as exc:
+            summary.skip("box outside the image", where, f"{name}: {exc}")

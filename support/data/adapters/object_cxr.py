@@ -16,7 +16,8 @@ import numpy as np
 
 from support.data.images import ImageReadError, image_size
 from support.data.records import (
-    DatasetSummary, UnsafePathError, empty_record, finish, read_table, require_root, resolve_inside,
+    BoxSpace, DatasetSummary, UnsafePathError, empty_record, finish, read_table, require_root,
+    resolve_inside,
 )
 from support.data.rle import rle_encode
 
@@ -65,6 +66,23 @@ def rasterise(objects: list[tuple[int, np.ndarray]], width: int, height: int) ->
     return canvas.astype(bool)
 
 
+def _objects_inside(objects: list[tuple[int, np.ndarray]], space: BoxSpace, rec: dict, where: str,
+                    summary: DatasetSummary) -> list[tuple[int, np.ndarray]]:
+    """Add each object's box to ``rec``; an object that leaves the image is skipped and counted
+    (for boxes and masks alike), never clipped to the border."""
+    inside = []
+    for kind, pts in objects:
+        (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+        try:
+            box = space.normalise("foreign object", x0, y0, x1, y1)
+        except ValueError as exc:
+            summary.skip("box outside the image", where, f"{rec['image_id']}: {SHAPES[kind]} {exc}")
+            continue
+        rec["boxes"].append({**box, "shape": SHAPES[kind]})
+        inside.append((kind, pts))
+    return inside
+
+
 def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool = False,
          masks: bool = False, dev_split: str = "validate", max_examples: int = 5):
     """Read Object-CXR -> (record table, summary). ``dev_split``: "validate" or "test"."""
@@ -92,7 +110,7 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
                 continue
             image_id = Path(r["image_name"]).stem
             if image_id in seen:
-                summary.skip("duplicate row", where, image_id)
+                summary.skip("duplicate row", where, f"{image_id} listed again; expected one row per image")
                 continue
             seen.add(image_id)
             rec = empty_record(KIND)
@@ -105,11 +123,7 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
                     reason = "missing file" if "not found" in exc.reason else "corrupt image"
                     summary.skip(reason, image_path, exc.reason)
                     continue
-                for kind, pts in objects:
-                    (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
-                    rec["boxes"].append({"label": "foreign object", "shape": SHAPES[kind],
-                                         "x0": min(1.0, x0 / width), "y0": min(1.0, y0 / height),
-                                         "x1": min(1.0, x1 / width), "y1": min(1.0, y1 / height)})
+                objects = _objects_inside(objects, BoxSpace(width, height, image_path.name), rec, where, summary)
                 if masks:
                     rec["masks"] = [{"label": "foreign object", "width": width, "height": height,
                                      "rle": rle_encode(rasterise(objects, width, height))}]

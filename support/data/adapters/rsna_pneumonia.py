@@ -12,16 +12,59 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 from support.data.dicom import DicomError, read_dicom_header
 from support.data.records import (
-    DatasetSummary, UnsafePathError, empty_record, find_file, finish, parse_float, patient_split,
-    read_table, require_root, safe_id,
+    BoxSpace, DatasetSummary, UnsafePathError, empty_record, find_file, finish, index_rows, parse_float,
+    patient_split, read_table, require_root, safe_id,
 )
-from support.data.schema import KNOWN_VIEWS
+from support.data.schema import ViewError, chest_view
 
 KIND = "rsna-pneumonia"
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
+
+
+def _target_and_box(r: dict) -> tuple[float, tuple[float, float, float, float] | None]:
+    """One label row -> (Target, its box in pixels or None); ValueError naming the bad cell."""
+    target = parse_float(r["Target"])
+    if target not in (0.0, 1.0):
+        raise ValueError(f"Target {r['Target']!r}, expected 0 or 1")
+    if target == 0.0:
+        return target, None
+    x, y, w, h = (parse_float(r[k]) for k in ("x", "y", "width", "height"))
+    if not all(map(math.isfinite, (x, y, w, h))) or w <= 0 or h <= 0:
+        raise ValueError(f"Target 1 needs a box with positive size, got ({r['x']}, {r['y']}, "
+                         f"{r['width']}, {r['height']})")
+    return target, (x, y, w, h)
+
+
+def _read_labels(path: Path, summary: DatasetSummary) -> tuple[dict[str, float], dict[str, list]]:
+    """patientId -> Target, and -> [(box, where)], from the label rows in file order.
+
+    One bad row, or rows that disagree on Target, leave the patient out (each counted with its
+    row): its Target is then unknown, and no row is taken over another.
+    """
+    rows, refused = [], set()
+    for i, r in enumerate(read_table(path, LABEL_COLUMNS, KIND).to_dict("records")):
+        where = f"{path.name} row {i + 2}"
+        try:
+            pid = safe_id(r["patientId"], "patientId")
+        except UnsafePathError as exc:
+            summary.skip("unsafe path", where, str(exc))
+            continue
+        try:
+            rows.append((pid, *_target_and_box(r), where))
+        except ValueError as exc:
+            summary.skip("bad label value", where, f"patientId {pid}: {exc}; its image is left out")
+            refused.add(pid)
+    targets, conflicts = index_rows(((pid, t, where) for pid, t, _, where in rows),
+                                    summary, path.name, "patientId")
+    boxes: dict[str, list] = {}
+    for pid, _, box, where in rows:
+        if box:
+            boxes.setdefault(pid, []).append((box, where))
+    return {p: t for p, t in targets.items() if p not in refused}, boxes
 
 
 def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool = False,
@@ -32,46 +75,20 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
     root = require_root(root, KIND)
     summary = DatasetSummary(KIND, str(root), strict=strict, max_examples=max_examples)
     label_path = find_file(root, ("stage_2_train_labels.csv", "stage_1_train_labels.csv"), KIND, "label table")
-    table = read_table(label_path, LABEL_COLUMNS, KIND)
     image_dir = root / ("stage_2_train_images" if label_path.name.startswith("stage_2") else "stage_1_train_images")
+    targets, boxes = _read_labels(label_path, summary)
     classes: dict[str, str] = {}
     class_path = root / "stage_2_detailed_class_info.csv"
     if class_path.is_file():
-        for r in read_table(class_path, ("patientId", "class"), KIND).to_dict("records"):
-            classes[r["patientId"].strip()] = r["class"].strip()
-
-    # Rows -> per-patient target and boxes (pixels), in file order.
-    patients: dict[str, dict] = {}
-    for i, r in enumerate(table.to_dict("records")):
-        where = f"{label_path.name} row {i + 2}"
-        try:
-            pid = safe_id(r["patientId"], "patientId")
-            target = parse_float(r["Target"])
-            if target not in (0.0, 1.0):
-                raise ValueError(f"Target {r['Target']!r}, expected 0 or 1")
-            box = None
-            if target == 1.0:
-                x, y, w, h = (parse_float(r[k]) for k in ("x", "y", "width", "height"))
-                if not all(map(math.isfinite, (x, y, w, h))) or w <= 0 or h <= 0:
-                    raise ValueError(f"Target 1 needs a box with positive size, got ({r['x']}, {r['y']}, "
-                                     f"{r['width']}, {r['height']})")
-                box = (x, y, w, h)
-        except UnsafePathError as exc:
-            summary.skip("unsafe path", where, str(exc))
-            continue
-        except ValueError as exc:
-            summary.skip("bad label value", where, str(exc))
-            continue
-        entry = patients.setdefault(pid, {"target": target, "boxes": []})
-        if entry["target"] != target:
-            summary.skip("bad label value", where, f"{pid}: Target {target} contradicts an earlier row")
-            continue
-        if box:
-            entry["boxes"].append(box)
+        rows = read_table(class_path, ("patientId", "class"), KIND).to_dict("records")
+        classes, conflicts = index_rows(
+            ((r["patientId"].strip(), r["class"].strip(), f"{class_path.name} row {i + 2}")
+             for i, r in enumerate(rows)), summary, class_path.name, "patientId")
+        targets = {p: t for p, t in targets.items() if p not in conflicts}
 
     records = []
-    for pid, entry in tqdm(patients.items(), desc="reading RSNA headers", unit="file",
-                           disable=len(patients) < 2000, leave=False):
+    for pid, target in tqdm(targets.items(), desc="reading RSNA headers", unit="file",
+                            disable=len(targets) < 2000, leave=False):
         path = image_dir / f"{pid}.dcm"
         if not path.is_file():
             summary.skip("missing file", path, f"patientId {pid}")
@@ -81,13 +98,13 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
         except DicomError as exc:
             summary.skip("corrupt image", path, str(exc).split(": ", 1)[-1])
             continue
-        view = header.view
-        if view not in KNOWN_VIEWS:
-            summary.skip("unknown view", path, f"ViewPosition {view!r}")
+        try:
+            view = chest_view(header.view)
+        except ViewError as exc:
+            summary.skip(exc.reason, path, str(exc))
             continue
         cls = classes.get(pid, "")
         rec = empty_record(KIND)
-        target = entry["target"]
         rec.update(subject_id=pid, study_id=pid, image_id=pid, view=view, path=str(path),
                    split=patient_split(pid, fractions), sex=header.sex, age=header.age,
                    source_labels=[cls] if cls else ["Lung Opacity" if target else "No Lung Opacity"],
@@ -95,9 +112,11 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
         if cls:
             rec["Lung Opacity"] = 1.0 if cls == "Lung Opacity" else 0.0
             rec["No Finding"] = 1.0 if cls == "Normal" else 0.0
-        W, H = header.columns, header.rows
-        rec["boxes"] = [{"label": "Lung Opacity", "x0": max(0.0, x / W), "y0": max(0.0, y / H),
-                         "x1": min(1.0, (x + w) / W), "y1": min(1.0, (y + h) / H)}
-                        for x, y, w, h in entry["boxes"]]
+        space = BoxSpace(header.columns, header.rows, f"{path.name} (Rows, Columns)")
+        for (x, y, w, h), where in boxes.get(pid, []):
+            try:
+                rec["boxes"].append(space.normalise("Lung Opacity", x, y, x + w, y + h))
+            except ValueError as exc:
+                summary.skip("box outside the image", where, f"patientId {pid}: {exc}")
         records.append(rec)
     return finish(records, summary, verify_images)
