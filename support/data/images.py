@@ -2,6 +2,11 @@
 
 JPEG and PNG (8 or 16 bit, grayscale or colour -> luminance) through Pillow; DICOM through
 :mod:`support.data.dicom`. Every failure is an :class:`ImageReadError` naming the file.
+
+The size in the header is checked before any pixel is decoded: more than :data:`MAX_PIXELS`
+pixels, or a long side more than :data:`MAX_ASPECT_RATIO` times the short one, is refused. A few
+hundred compressed bytes can declare gigapixels, and fitting a strip to a square multiplies it: a
+2x40000 PNG of under 200 bytes becomes 256 x 5,120,000 float32 pixels (5.2 GB) at 256 px.
 """
 
 from __future__ import annotations
@@ -12,6 +17,13 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+# The largest radiograph detectors are about 4300 px a side: 8192^2 leaves room for stitched
+# long-leg and spine images while one float32 copy stays within 256 MiB.
+MAX_PIXELS = 8192 * 8192
+# Stitched long-leg and full-spine images reach about 1:4; crop-fitting multiplies the pixels by
+# this ratio, so it is bounded too.
+MAX_ASPECT_RATIO = 8.0
 
 
 class ImageReadError(ValueError):
@@ -29,21 +41,35 @@ class MissingImageError(ImageReadError, FileNotFoundError):
         super().__init__(path, "file not found")
 
 
+def size_refusal(width: int, height: int) -> str | None:
+    """Why an image of this header size is refused before decoding; None when it is not."""
+    if width * height > MAX_PIXELS:
+        return f"{width}x{height} pixels, more than MAX_PIXELS={MAX_PIXELS} (a decompression bomb?)"
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        return (f"{width}x{height} pixels, a side ratio beyond MAX_ASPECT_RATIO={MAX_ASPECT_RATIO:g}; "
+                "no radiograph is that elongated")
+    return None
+
+
 @contextlib.contextmanager
 def opened_image(path: str | os.PathLike):
     """``PIL.Image.open`` with the pixels decoded at once (a truncated file fails here, not later
-    in a worker); every failure inside, reading or converting, is an :class:`ImageReadError`
-    naming the file."""
+    in a worker) once the header size passes :func:`size_refusal`; every failure inside, reading
+    or converting, is an :class:`ImageReadError` naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            if refusal := size_refusal(*im.size):
+                raise ImageReadError(path, refusal)
             im.load()
             yield im
     except FileNotFoundError:
         raise MissingImageError(path) from None
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image Pillow can identify") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, met in open() already
+        raise ImageReadError(path, f"refused as a decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageReadError):
             raise
@@ -108,7 +134,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             return im.size
     except FileNotFoundError:
         raise MissingImageError(path) from None
-    except (UnidentifiedImageError, OSError, DicomError) as exc:
+    except (UnidentifiedImageError, OSError, DicomError, Image.DecompressionBombError) as exc:
         raise ImageReadError(path, f"cannot read the header ({exc})") from None
 
 

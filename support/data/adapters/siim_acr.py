@@ -1,8 +1,10 @@
 """SIIM-ACR Pneumothorax Segmentation: ``train-rle.csv`` + DICOMs in nested folders.
 
 ``train-rle.csv`` (header ``ImageId, EncodedPixels`` with a leading space in the original) or the
-stage-2 ``stage_2_train.csv``: one row per pneumothorax component, ``-1`` for none, SIIM relative
-column-major RLE (:mod:`support.data.rle`). DICOMs sit anywhere below the root as
+stage-2 ``stage_2_train.csv``: one row per pneumothorax component, ``-1`` for none, column-major
+RLE (:mod:`support.data.rle`): relative in ``train-rle.csv``, absolute (Kaggle's standard) in
+``stage_2_train.csv``. Each is decoded in its own file's convention and kept in the record table in
+the project's relative one. DICOMs sit anywhere below the root as
 ``.../<StudyUID>/<SeriesUID>/<ImageId>.dcm``. ``ImageId`` is an anonymised UID and is the
 subject id, so the split by hash never puts two rows of one image on both sides (the original
 row-wise split can).
@@ -18,10 +20,12 @@ from support.data.records import (
     DatasetSummary, UnsafePathError, empty_record, find_file, finish, patient_split, read_table,
     require_root, safe_id,
 )
-from support.data.rle import rle_decode
-from support.data.schema import KNOWN_VIEWS
+from support.data.rle import rle_decode, rle_encode
+from support.data.schema import ViewError, chest_view
 
 KIND = "siim-acr"
+# The label files, in the order they are looked for, and the RLE convention each is written in.
+RLE_TABLES = {"train-rle.csv": "relative", "stage_2_train.csv": "absolute"}
 
 
 def _index_dicoms(root: Path) -> dict[str, Path]:
@@ -41,7 +45,9 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
 
     root = require_root(root, KIND)
     summary = DatasetSummary(KIND, str(root), strict=strict, max_examples=max_examples)
-    label_path = find_file(root, ("train-rle.csv", "stage_2_train.csv"), KIND, "RLE table")
+    label_path = find_file(root, tuple(RLE_TABLES), KIND, "RLE table")
+    convention = RLE_TABLES[label_path.name]
+    summary.note(f"{label_path.name}: {convention} RLE")
     table = read_table(label_path, ("ImageId", "EncodedPixels"), KIND)
     dicoms = _index_dicoms(root)
 
@@ -66,25 +72,26 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
         except DicomError as exc:
             summary.skip("corrupt image", path, str(exc).split(": ", 1)[-1])
             continue
-        if header.view not in KNOWN_VIEWS:
-            summary.skip("unknown view", path, f"ViewPosition {header.view!r}")
+        try:
+            view = chest_view(header.view)
+        except ViewError as exc:
+            summary.skip(exc.reason, path, str(exc))
             continue
         positive = [r for r in runs if r not in ("-1", "")]
         if positive and len(positive) != len(runs):
             summary.skip("bad mask", path, f"{image_id} has both -1 and mask rows")
             continue
-        try:
-            for run in positive:  # refuse a malformed run list now, not in the middle of training
-                rle_decode(run, header.columns, header.rows)
+        try:  # refuse a malformed run list now, not in the middle of training
+            masks = [rle_encode(rle_decode(run, header.columns, header.rows, convention)) for run in positive]
         except ValueError as exc:
             summary.skip("bad mask", path, f"{image_id}: {exc}")
             continue
         rec = empty_record(KIND)
-        rec.update(subject_id=image_id, study_id=image_id, image_id=image_id, view=header.view,
+        rec.update(subject_id=image_id, study_id=image_id, image_id=image_id, view=view,
                    path=str(path), split=patient_split(image_id, fractions), sex=header.sex,
                    age=header.age, Pneumothorax=1.0 if positive else 0.0,
                    source_labels=["Pneumothorax"] if positive else ["No Pneumothorax"],
-                   masks=[{"label": "Pneumothorax", "rle": run, "width": header.columns,
-                           "height": header.rows} for run in (positive or ["-1"])])
+                   masks=[{"label": "Pneumothorax", "rle": rle, "width": header.columns,
+                           "height": header.rows} for rle in (masks or ["-1"])])
         records.append(rec)
     return finish(records, summary, verify_images)
