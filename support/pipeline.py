@@ -8,6 +8,7 @@ HTML renders, a ``manifest.json`` (profile, parameters, code version, packages, 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import datetime as dt
 import json
@@ -37,6 +38,9 @@ REPORTED_PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "peft"
                      "torchmetrics", "lightly", "segment-anything", "numpy", "pandas", "scikit-learn",
                      "scipy", "papermill", "nbconvert", "pydicom", "opencv-python-headless", "safetensors")
 KERNEL_NAME = "synthcxr-pipeline"
+# What a parameter accepts, by the type its annotation or default declares.
+ACCEPTED_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list": (list,),
+                  "dict": (dict,)}
 
 
 class PipelineError(RuntimeError):
@@ -131,22 +135,57 @@ def load_profile(params_dir: Path, profile: str) -> tuple[Path, dict]:
                   "notebooks": {k: dict(v or {}) for k, v in notebooks.items()}}
 
 
+def declared_type(info: dict) -> str | None:
+    """The key of ``ACCEPTED_TYPES`` that papermill's view of one parameter declares: its annotation
+    if it names one, else its default's type; None (anything goes) for a None default, or a default
+    that is no literal (``Path(...)``) or of another type (a tuple)."""
+    if info["default"] == "None":
+        return None
+    annotation = info["inferred_type_name"].split("[")[0].lower()  # "List[int]" -> "list"
+    if annotation in ACCEPTED_TYPES:
+        return annotation
+    try:
+        name = type(ast.literal_eval(info["default"])).__name__
+    except (ValueError, SyntaxError):
+        return None
+    return name if name in ACCEPTED_TYPES else None
+
+
+def accepts(expected: str | None, value) -> bool:
+    if expected is None:
+        return True
+    if isinstance(value, bool) and expected != "bool":  # isinstance(True, int) holds; a flag is no count
+        return False
+    return isinstance(value, ACCEPTED_TYPES[expected])
+
+
+def check_parameters(source: str, name: str, params: dict, by_name: dict[str, Notebook]) -> None:
+    """Refuse a notebook that does not exist, a parameter it does not declare or that the runner sets,
+    and a value of another type than the declared one; ``source`` (a file, an option) opens the message."""
+    if name not in by_name:
+        raise PipelineError(f"{source}: names notebook '{name}', which does not exist "
+                            f"(notebooks: {sorted(by_name)})")
+    nb = by_name[name]
+    for key, value in params.items():
+        if key in INJECTED:
+            raise PipelineError(f"{source}: notebook '{name}': parameter '{key}' is set by the runner, "
+                                f"never by a profile or --set")
+        if key not in nb.declared:
+            raise PipelineError(f"{source}: notebook '{name}' does not declare parameter '{key}' "
+                                f"(declared: {sorted(nb.declared)})")
+        expected = declared_type(nb.declared[key])
+        if not accepts(expected, value):
+            hint = "; quote it to pass text" if expected == "str" else ""
+            raise PipelineError(f"{source}: {name}.{key} must be {expected} (its default in {nb.path.name} "
+                                f"is {nb.declared[key]['default']}), got {value!r} ({type(value).__name__}){hint}")
+
+
 def validate(profile_path: Path | str, profile: dict, notebooks: list[Notebook],
              selected: list[Notebook]) -> None:
-    """Refuse, before anything runs, any parameter a notebook does not declare."""
+    """Refuse, before anything runs, any parameter a notebook does not declare or of another type."""
     by_name = {nb.name: nb for nb in notebooks}
     for name, params in profile["notebooks"].items():
-        if name not in by_name:
-            raise PipelineError(f"{profile_path}: names notebook '{name}', which does not exist "
-                                f"(notebooks: {sorted(by_name)})")
-        nb = by_name[name]
-        for key in params:
-            if key in INJECTED:
-                raise PipelineError(f"{profile_path}: notebook '{name}': parameter '{key}' is set by "
-                                    f"the runner and cannot appear in a profile")
-            if key not in nb.declared:
-                raise PipelineError(f"{profile_path}: notebook '{name}' does not declare parameter "
-                                    f"'{key}' (declared: {sorted(nb.declared)})")
+        check_parameters(str(profile_path), name, params, by_name)
     for nb in selected:
         if "run_dir" not in nb.declared:
             raise PipelineError(f"{nb.path}: the parameters cell must declare run_dir")
@@ -162,14 +201,27 @@ def parameters_for(nb: Notebook, profile_name: str, profile: dict, run_dir: Path
     return params
 
 
-def apply_overrides(profile: dict, overrides: list[str]) -> None:
-    """``--set 02_ddpm.max_steps=200``: the value is read as YAML (numbers, lists, booleans)."""
+def apply_overrides(profile: dict, overrides: list[str], notebooks: list[Notebook]) -> None:
+    """``--set 02_ddpm.max_steps=200``: the value is read as YAML (numbers, lists, booleans) and
+    checked against the notebook's parameters cell like a profile's values."""
+    by_name = {nb.name: nb for nb in notebooks}
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         nb, dot, param = key.partition(".")
         if not sep or not dot or not nb or not param:
             raise PipelineError(f"--set {item!r}: expected NOTEBOOK.PARAM=VALUE")
-        profile["notebooks"].setdefault(nb, {})[param] = yaml.safe_load(raw)
+        value = read_yaml_value(f"--set {item!r}", raw)
+        check_parameters(f"--set {item!r}", nb, {param: value}, by_name)
+        profile["notebooks"].setdefault(nb, {})[param] = value
+
+
+def read_yaml_value(source: str, raw: str):
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        where = f"{exc.context}: " if getattr(exc, "context", None) else ""
+        raise PipelineError(f"{source}: the value {raw!r} is not valid YAML "
+                            f"({where}{getattr(exc, 'problem', None) or exc})") from None
 
 
 # --------------------------------------------------------------------------- manifest
@@ -285,8 +337,66 @@ def describe_failure(nb_name: str, exc: BaseException, output: Path) -> str:
         lines.append(f"  {exc.ename}: {exc.evalue}")
     else:
         lines.append(f"  {type(exc).__name__}: {exc}")
-    lines.append(f"  executed notebook with the full traceback: {output}")
+    if output.exists():
+        lines.append(f"  executed notebook with the full traceback: {output}")
     return "\n".join(lines)
+
+
+def execute(nb: Notebook, output: Path, parameters: dict, kernel: str, log: Path) -> None:
+    """Execute ``nb`` into ``output`` with papermill. papermill rewrites its output file in place
+    after every cell, which a full disk leaves half-written; so it writes a file beside ``output``,
+    which :func:`publish_notebook` moves into place only whole."""
+    import papermill
+
+    partial = output.with_name(f".{output.stem}.partial.ipynb")
+    try:
+        with open(log, "w", encoding="utf-8") as log_fh:
+            papermill.execute_notebook(
+                str(nb.path), str(partial), parameters=parameters, kernel_name=kernel,
+                cwd=str(nb.path.parent), progress_bar=sys.stderr.isatty(),
+                stdout_file=log_fh, stderr_file=log_fh, start_timeout=120)
+    finally:
+        publish_notebook(partial, output)
+
+
+def publish_notebook(partial: Path, output: Path) -> None:
+    """Rename ``partial`` to ``output`` if it holds a whole notebook (a rename needs no free space);
+    remove it if its last write was cut short."""
+    try:
+        whole = partial.exists() and bool(json.loads(partial.read_text(encoding="utf-8")))
+    except ValueError:  # JSON or UTF-8 cut short
+        whole = False
+    if whole:
+        os.replace(partial, output)
+    else:
+        partial.unlink(missing_ok=True)
+
+
+def record_outcome(paths: RunPaths, manifest: dict, entry: dict) -> list[str]:
+    """Render the executed notebook, then update the manifest and the index. Returns what could not
+    be written instead of raising, so that a full or read-only disk never hides the run's report."""
+    from support.run_index import write_index
+
+    output, html = paths.root / entry["output"], paths.root / entry["html"]
+    if output.exists():
+        try:
+            render_html(output, html)
+        except Exception as exc:  # the run's result stands; say the render failed
+            entry["html_error"] = f"{type(exc).__name__}: {exc}"
+    fingerprint = paths.data / "fingerprint.json"
+    if fingerprint.exists():
+        try:
+            manifest["dataset_fingerprint"] = read_json(fingerprint)
+        except (OSError, ValueError) as exc:  # a notebook's file, maybe cut short by the same disk
+            manifest["dataset_fingerprint"] = {"error": str(exc)}
+    unwritten = []
+    for path, write in ((paths.manifest, lambda: write_json_atomic(paths.manifest, manifest)),
+                        (paths.index, lambda: write_index(paths, manifest))):
+        try:
+            write()
+        except OSError as exc:
+            unwritten.append(f"  could not update {path}: {exc}")
+    return unwritten
 
 
 def run(profile_name: str, notebooks_dir: Path, params_dir: Path, runs_root: Path,
@@ -294,8 +404,6 @@ def run(profile_name: str, notebooks_dir: Path, params_dir: Path, runs_root: Pat
         resume: Path | None = None, overrides: list[str] | None = None,
         out=None) -> Path:
     """Run the selected notebooks; returns the run directory. Raises ``PipelineError`` on failure."""
-    import papermill
-
     out = out or sys.stdout
     notebooks = discover(notebooks_dir)
     if resume is not None:
@@ -322,7 +430,7 @@ def run(profile_name: str, notebooks_dir: Path, params_dir: Path, runs_root: Pat
         if profile_name not in PROFILES:
             raise PipelineError(f"--profile {profile_name}: expected one of {PROFILES}")
         profile_path, profile = load_profile(params_dir, profile_name)
-        apply_overrides(profile, overrides or [])
+        apply_overrides(profile, overrides or [], notebooks)
         selected = select(notebooks, only, start)
         if not selected:
             raise PipelineError(f"{notebooks_dir}: no notebooks to run")
@@ -332,8 +440,6 @@ def run(profile_name: str, notebooks_dir: Path, params_dir: Path, runs_root: Pat
         write_json_atomic(paths.manifest, manifest)
         first = 0
         print(f"Run {paths.root}  (profile {profile_name}, {len(selected)} notebooks)", file=out)
-
-    from support.run_index import write_index
 
     os.environ.update(OFFLINE_ENV)
     (paths.root / "logs").mkdir(exist_ok=True)
@@ -350,15 +456,11 @@ def run(profile_name: str, notebooks_dir: Path, params_dir: Path, runs_root: Pat
             entry.update(status="running", start=_now(), end=None, duration_s=None, error=None,
                          output=str(output.relative_to(paths.root)), html=str(html.relative_to(paths.root)),
                          log=str(log.relative_to(paths.root)))
-            write_json_atomic(paths.manifest, manifest)
             print(f"[{i + 1}/{total}] {nb.name} ...", file=out, flush=True)
             t0 = time.monotonic()
             try:
-                with open(log, "w", encoding="utf-8") as log_fh:
-                    papermill.execute_notebook(
-                        str(nb.path), str(output), parameters=manifest["parameters"][nb.name],
-                        kernel_name=kernel, cwd=str(nb.path.parent), progress_bar=sys.stderr.isatty(),
-                        stdout_file=log_fh, stderr_file=log_fh, start_timeout=120)
+                write_json_atomic(paths.manifest, manifest)
+                execute(nb, output, manifest["parameters"][nb.name], kernel, log)
                 entry["status"] = "ok"
             except KeyboardInterrupt:
                 entry["status"] = "interrupted"
@@ -369,22 +471,14 @@ def run(profile_name: str, notebooks_dir: Path, params_dir: Path, runs_root: Pat
                 failure = describe_failure(nb.name, exc, output)
             dur = time.monotonic() - t0
             entry.update(end=_now(), duration_s=round(dur, 2))
-            if output.exists():
-                try:
-                    render_html(output, html)
-                except Exception as exc:  # the run's result stands; say the render failed
-                    entry["html_error"] = f"{type(exc).__name__}: {exc}"
-            fingerprint = paths.data / "fingerprint.json"
-            if fingerprint.exists():
-                manifest["dataset_fingerprint"] = read_json(fingerprint)
             manifest["status"] = "failed" if failure else ("running" if i + 1 < total else "ok")
-            write_json_atomic(paths.manifest, manifest)
-            write_index(paths, manifest)
+            unwritten = record_outcome(paths, manifest, entry)
             print(f"      {entry['status']} in {dur:.1f} s  (elapsed {_fmt_elapsed(time.monotonic() - t_run)})",
                   file=out, flush=True)
-            if failure:
-                raise PipelineError(f"{failure}\nContinue after fixing it with:\n"
-                                    f"  python -m support.pipeline --resume {paths.root}")
+            if failure or unwritten:
+                report = failure or f"FAILED: notebook {nb.name} ran, but its outcome could not be recorded"
+                raise PipelineError("\n".join([report, *unwritten, "Continue after fixing it with:",
+                                               f"  python -m support.pipeline --resume {paths.root}"]))
     print(f"Done: {paths.index}", file=out)
     return paths.root
 
@@ -428,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         run(args.profile, args.notebooks_dir, params_dir, args.runs_root, run_id=args.run_id,
             only=args.only, start=args.start, resume=args.resume, overrides=args.overrides)
-    except (PipelineError, FileExistsError) as exc:
+    except (PipelineError, OSError, ValueError) as exc:  # errors that name the file or option at fault
         print(f"\n{exc}", file=sys.stderr)
         return 1
     return 0

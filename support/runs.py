@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
+import re
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS_ROOT = REPO_ROOT / "outputs" / "runs"
 SUBDIRS = ("data", "models", "samples", "figures", "metrics", "notebooks", "html")
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +55,17 @@ def new_run_id(profile: str, now: _dt.datetime | None = None) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{profile}"
 
 
+def check_run_id(run_id: str) -> str:
+    """A run id names one folder inside the runs root: a separator or ``..`` would reach outside it."""
+    if not RUN_ID_RE.fullmatch(run_id) or ".." in run_id:
+        raise ValueError(f"--run-id {run_id!r}: expected a folder name of letters, digits, '.', '_' "
+                         f"and '-' that starts with a letter or digit, without '..'")
+    return run_id
+
+
 def create_run_dir(runs_root: str | os.PathLike, run_id: str) -> RunPaths:
     """Create ``runs_root/run_id``; an existing run is never reused or overwritten."""
-    root = Path(runs_root).expanduser().resolve() / run_id
+    root = Path(runs_root).expanduser().resolve() / check_run_id(run_id)
     root.parent.mkdir(parents=True, exist_ok=True)
     try:
         root.mkdir()
