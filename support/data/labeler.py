@@ -7,15 +7,26 @@ Pipeline per report:
    answer (INDICATION, HISTORY, COMPARISON, TECHNIQUE, ...), which often say "evaluate for
    pneumonia".
 2. Sentences, then clauses: negation and uncertainty do not reach across "but", "however", ";",
-   "which", ", and there is", ...
+   ", and there is", nor across a comma or "and" that starts words with a verb of their own ("no
+   pneumothorax, the chest tube remains"); a list keeps its negation ("no a, b or c is seen").
+   "which" starts a clause when a finding follows it ("opacity, which may be atelectasis"); with
+   none, it speaks of the finding before it ("consolidation, which has resolved"). A
+   parenthetical ", which ...," is a clause of its own, and the verb after it belongs to the words
+   before it ("the consolidation, which was seen before, has resolved").
 3. Mentions: per observation, phrase patterns (synonyms). Some phrases only count when negated
    ("heart size" in "heart size is normal" -> Cardiomegaly negative; "heart size is stable" says
    nothing). Phrases that carry their own predicate ("the heart is mildly enlarged") are judged
-   by the words inside them.
+   by the words inside them. Heart size as CheXpert reads it: borderline, or a range across the
+   upper limit ("top normal to mildly enlarged"), is uncertain; "top normal" and "at the upper
+   limits of normal" are normal, hence negative.
 4. Each mention is uncertain when an uncertainty phrase that contains a negation word applies
    ("cannot be excluded"), else negative when a negation applies ("no", "without", "is not
    seen", "has resolved", lists after "no"), else uncertain when an uncertainty applies
-   ("possible", "may", "likely", "concerning for", "versus"), else positive.
+   ("possible", "may", "likely", "concerning for", "versus"), else positive. A hedge after its
+   finding qualifies it ("pneumonia is favored", "an effusion may be present"), unless the hedge
+   names a finding of its own ("opacity is likely atelectasis": only atelectasis is uncertain).
+   Scopes stop at "with", "after" and "following", which bring in another finding ("no
+   pneumothorax with the chest tube in place").
 5. Per observation: positive beats uncertain beats negative; unmentioned is NaN. "No Finding" is
    1 when no observation other than Support Devices is positive or uncertain, NaN otherwise.
 """
@@ -56,7 +67,9 @@ def _p(pattern: str, *, negative_only: bool = False, closed: bool = False) -> _P
     return _Pattern(re.compile(pattern), negative_only, closed)
 
 
-_ENLARGED_FILLER = r"(?:\s+(?!normal\b)[a-z-]+){0,4}?\s+"
+# Up to four words between a heart or mediastinum phrase and its size word, none of them "normal".
+_SIZE_FILLER = r"(?:\s+(?!normal\b)[a-z-]+){0,4}?\s+"
+_HEART = r"(?:heart size|heart|cardiac silhouette|cardiac size|cardiac shadow|cardiac contours?)"
 
 MENTIONS: dict[str, tuple[_Pattern, ...]] = {
     "Atelectasis": (
@@ -66,10 +79,14 @@ MENTIONS: dict[str, tuple[_Pattern, ...]] = {
         _p(r"\bcardiomegaly\b"), _p(r"\bcardiac enlargement\b"),
         _p(r"\benlarged (?:heart|cardiac (?:silhouette|shadow|size))\b"),
         _p(r"\benlargement of the (?:heart|cardiac silhouette|cardiac shadow)\b"),
-        _p(r"\b(?:heart size|heart|cardiac silhouette|cardiac size|cardiac shadow|cardiac contour)\b"
-           + _ENLARGED_FILLER + r"enlarged\b", closed=True),
-        _p(r"\b(?:heart size|heart|cardiac silhouette|cardiac size|cardiac shadow|cardiac contours?)\b(?! failure)",
-           negative_only=True),
+        _p(r"\b" + _HEART + r"\b" + _SIZE_FILLER + r"enlarged\b", closed=True),
+        # Borderline size is uncertain, as in CheXpert; so is a range across the upper limit
+        # ("top normal to mildly enlarged"). Both are judged by the words inside the phrase.
+        _p(r"\b" + _HEART + r"\b" + _SIZE_FILLER + r"borderline\b", closed=True),
+        _p(r"\bborderline " + _HEART + r"\b", closed=True),
+        _p(r"\b" + _HEART + r"(?:\s+[a-z-]+){0,3}?\s+normal\s+(?:to|or)\s+(?:[a-z]+\s+)?(?:enlarged|borderline)\b",
+           closed=True),
+        _p(r"\b" + _HEART + r"\b(?! failure)", negative_only=True),
         _p(r"\bcardiomediastinal (?:and hilar )?(?:silhouette|contours?)\b", negative_only=True),
     ),
     "Consolidation": (
@@ -85,7 +102,7 @@ MENTIONS: dict[str, tuple[_Pattern, ...]] = {
         _p(r"\benlarged cardiomediastinum\b"),
         _p(r"\b(?:widened|widening of the|enlarged|enlargement of the) (?:cardio)?mediastin(?:um|al (?:silhouette|contours?))\b"),
         _p(r"\bmediastinal (?:widening|enlargement)\b"),
-        _p(r"\b(?:cardio)?mediastin(?:um|al (?:silhouette|contours?))\b" + _ENLARGED_FILLER
+        _p(r"\b(?:cardio)?mediastin(?:um|al (?:silhouette|contours?))\b" + _SIZE_FILLER
            + r"(?:widened|enlarged)\b", closed=True),
         _p(r"\b(?:cardio)?mediastinal (?:and hilar )?(?:silhouette|contours?|structures)\b", negative_only=True),
         _p(r"\bhilar and mediastinal contours\b", negative_only=True),
@@ -141,10 +158,14 @@ class _Trigger:
     forward: int          # max words between trigger and a later mention (_OFF: not forward)
     backward: int         # max words between an earlier mention and the trigger
     negative_only_targets: bool = False   # "normal" judges only phrases like "heart size"
+    # A predicate after its subject ("is likely", "unlikely"): when a finding follows it as its
+    # complement ("opacity is likely atelectasis"), it judges that finding, not its subject.
+    predicate: bool = False
 
 
-def _t(pattern: str, forward: int = _CLAUSE, backward: int = _OFF, negative_only_targets: bool = False) -> _Trigger:
-    return _Trigger(re.compile(pattern), forward, backward, negative_only_targets)
+def _t(pattern: str, forward: int = _CLAUSE, backward: int = _OFF, negative_only_targets: bool = False,
+       predicate: bool = False) -> _Trigger:
+    return _Trigger(re.compile(pattern), forward, backward, negative_only_targets, predicate)
 
 
 # Phrases that look like negations but are not ("no change in the effusion").
@@ -159,21 +180,25 @@ _NEG_UNCERTAIN = (
        r"definitely\s+|fully\s+)?(?:exclude|excluded|rule out|ruled out)\b", backward=6),
     _t(r"\bnot\s+(?:be\s+)?(?:entirely\s+|completely\s+|definitely\s+)?(?:excluded|ruled out)\b", backward=6),
     _t(r"\b(?:difficult|hard) to (?:exclude|rule out)\b", backward=6),
+    # Seen, but not well enough to say (CheXpert: uncertain).
+    _t(r"\bnot\s+(?:well|clearly)\s+(?:seen|visuali[sz]ed|evaluated|assessed)\b", forward=_OFF, backward=6),
 )
 
 _NEGATION = (
     _t(r"\bno\b"), _t(r"\bwithout\b"), _t(r"\bfree of\b"), _t(r"\bnegative for\b"),
-    _t(r"\babsence of\b"), _t(r"\bresolution of\b"), _t(r"\bremoval of\b"), _t(r"\bclear of\b"),
+    _t(r"\babsence of\b"), _t(r"\bresolution of\b"), _t(r"\bclear of\b"),
+    _t(r"\bremoval(?: of)?\b", backward=2),   # "removal of the tube", "chest tube removal"
     _t(r"\brather than\b"),
     _t(r"\bnot\b", forward=3),
-    _t(r"\bresolved\b", backward=4), _t(r"\bremoved\b", backward=4), _t(r"\bcleared\b", forward=_OFF, backward=3),
-    _t(r"\bunlikely\b", forward=3, backward=3),
+    _t(r"\bresolved\b", backward=6), _t(r"\bremoved\b", backward=6), _t(r"\bcleared\b", forward=_OFF, backward=3),
+    _t(r"\bunlikely\b", forward=3, backward=3, predicate=True),
     _t(r"\bexcluded\b", forward=_OFF, backward=2),
     _t(r"\babsent\b", forward=_OFF, backward=3),
     _t(r"\b(?:not|no longer)\s+(?:\w+\s+)?(?:seen|identified|visuali[sz]ed|appreciated|evident|present|"
        r"demonstrated|detected|noted|apparent|visible|observed|enlarged|widened|dilated)\b",
        forward=_OFF, backward=6),
-    _t(r"\bnormal\b", forward=3, backward=4, negative_only_targets=True),
+    _t(r"\b(?:(?:at|within)\s+(?:the\s+)?upper\s+(?:limits?|range)\s+of\s+)?normal\b",
+       forward=3, backward=4, negative_only_targets=True),
     _t(r"\bunremarkable\b", forward=2, backward=4, negative_only_targets=True),
 )
 
@@ -186,18 +211,46 @@ _UNCERTAINTY = (
     _t(r"\b(?:rule out|r/o)\b"), _t(r"\b(?:evaluate|eval|assess|evaluation|assessment) for\b"),
     _t(r"\b(?:versus|vs)\b", forward=_CLAUSE, backward=0),
     _t(r"\?", forward=1, backward=0),
-    _t(r"\b(?:is|are)\s+(?:also\s+)?(?:possible|likely|probable|suspected|questioned|considered|"
-       r"a consideration|a possibility)\b", forward=_OFF, backward=3),
+    # Hedges written after the finding they qualify.
+    _t(r"\b(?:is|are|was|were|appears?|seems?)\s+(?:also\s+|still\s+)?(?:(?:more|most|less)\s+)?"
+       r"(?:possible|likely|probable|probably|suspected|questioned|questionable|considered|suggested|favou?red|"
+       r"a consideration|a possibility)\b", forward=_OFF, backward=3, predicate=True),
+    _t(r"\b(?:(?:may|might|could|can|would)\s+(?:also\s+|still\s+)?be|possibly|probably|likely|questionably)"
+       r"\s+present\b", forward=_OFF, backward=6),
+    _t(r"\bif (?:any|present)\b", forward=_OFF, backward=4),
 )
 
 _INNER_NEGATION = re.compile(r"\b(?:not|no longer)\b")
-_INNER_UNCERTAINTY = re.compile(r"\b(?:possibly|probably|likely|may|might|could|questionably|borderline)\b")
+_INNER_UNCERTAINTY = re.compile(
+    r"\b(?:possibly|probably|likely|may|might|could|questionably|borderline)\b|\bnormal\s+(?:to|or)\b")
+
+# A finding brought in by these words is not under the negation or hedge of the one before them
+# ("no pneumothorax with the chest tube in place", "no pneumothorax after line placement").
+_SCOPE_STOP = re.compile(r"(?<!consistent )(?<!compatible )(?<!keeping )\bwith\b|\b(?:after|following)\b")
+# "opacity is more likely atelectasis than pneumonia": the finding after "than" is no complement.
+_COMPARISON = re.compile(r"\b(?:than|over)\b")
+_COMPLEMENT_WORDS = 3   # "is likely due to atelectasis"
+
+# A finite verb, or a device's position ("chest tube in place"): what makes words a clause.
+_VERB = (r"(?:is|are|was|were|has|have|had|remains?|persists?|can(?:not)?|may|might|could|would|should|will|"
+         r"terminates?|ends?|projects?|courses?|extends?|lies|overlies|appears?|seems?|measures?)")
+_PREDICATE = r"(?:\b" + _VERB + r"\b|\bin (?:\w+ ){0,2}(?:place|position)\b)"
+_HAS_PREDICATE = re.compile(_PREDICATE)
 
 _CLAUSE_BREAK = re.compile(
     r";|:|\s-\s|\b(?:but|however|although|though|whereas|while|except|aside from|apart from|other than|"
-    r"with the exception of|which|otherwise)\b|,\s*and\s+(?=(?:there|the|a|an|this|these|it)\b)"
+    r"with the exception of|otherwise)\b|,\s*and\s+(?=(?:there|the|a|an|this|these|it)\b)"
     r"|\band\s+(?=(?:the|there)\b)"
+    # A comma before words with a predicate of their own starts a clause ("no pneumothorax, the
+    # chest tube remains"), unless "and"/"or" comes first: that is a list ("no a, b or c is seen").
+    # "which" is left to _split_relative.
+    r"|,(?!\s*which\b)\s*(?=(?:(?!\b(?:and|or)\b)[^,])*?" + _PREDICATE + r")"
 )
+_AND = re.compile(r"\band\b")
+_WHICH = re.compile(r"\bwhich\b")
+# ", which ..., has resolved" / ", however, has": the main verb after the aside belongs to the
+# words before it, so the aside is lifted out as a clause of its own.
+_PARENTHETICAL = re.compile(r",\s*(which\b[^,;]*|however|though)\s*,\s*(?=" + _VERB + r"\b)")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _WORD = re.compile(r"[a-z0-9]+")
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
@@ -232,11 +285,39 @@ def report_body(text: str) -> str:
     return " ".join(p.strip().rstrip(".") + "." for p in parts if p.strip())
 
 
-def _clauses(body: str) -> list[str]:
-    out = []
-    for sentence in _SENTENCE_END.split(_normalise(body)):
-        out.extend(c.strip() for c in _CLAUSE_BREAK.split(sentence) if c and c.strip())
+def _lift_parentheticals(sentence: str) -> list[str]:
+    """The sentence with its parenthetical asides taken out, then the asides as clauses."""
+    asides = [m.group(1) for m in _PARENTHETICAL.finditer(sentence)]
+    return [_PARENTHETICAL.sub(" ", sentence), *asides]
+
+
+def _split_relative(clause: str) -> list[str]:
+    """Split before a "which" whose clause names a finding of its own ("opacity, which may be
+    atelectasis"); one that names none speaks of the finding before it ("consolidation, which has
+    resolved") and stays with it."""
+    m = _WHICH.search(clause)
+    if m and _find_mentions(clause[m.end():]):
+        return [clause[:m.start()], *_split_relative(clause[m.end():])]
+    return [clause]
+
+
+def _split_coordinated(clause: str) -> list[str]:
+    """Split at each "and" that joins two clauses with a predicate each ("no effusion is seen and a
+    tube remains"); "effusion and pneumothorax are absent" has none before its "and"."""
+    out, start = [], 0
+    for m in _AND.finditer(clause):
+        if _HAS_PREDICATE.search(clause[start:m.start()]) and _HAS_PREDICATE.search(clause[m.end():]):
+            out.append(clause[start:m.start()])
+            start = m.end()
+    out.append(clause[start:])
     return out
+
+
+def _clauses(body: str) -> list[str]:
+    pieces = _SENTENCE_END.split(_normalise(body))
+    for split in (_lift_parentheticals, _CLAUSE_BREAK.split, _split_relative, _split_coordinated):
+        pieces = [p for piece in pieces for p in split(piece)]
+    return [p.strip() for p in pieces if p.strip()]
 
 
 def _words_between(clause: str, start: int, end: int) -> int:
@@ -264,40 +345,59 @@ def _find_mentions(clause: str) -> list[tuple[str, int, int, _Pattern]]:
     return found
 
 
-def _find_triggers(clause: str, triggers: tuple[_Trigger, ...]) -> list[tuple[int, int, _Trigger]]:
-    return [(m.start(), m.end(), t) for t in triggers for m in t.regex.finditer(clause)]
+@dataclass(frozen=True)
+class _Hit:
+    """One trigger found in a clause."""
+
+    start: int
+    end: int
+    trigger: _Trigger
+    looks_back: bool   # False for a predicate whose complement follows it
 
 
-def _applies(trigger: tuple[int, int, _Trigger], clause: str, start: int, end: int, pattern: _Pattern) -> bool:
-    ts, te, t = trigger
-    if ts < end and te > start:          # inside the mention: judged by _INNER_* instead
+def _has_complement(clause: str, end: int, mention_starts: list[int]) -> bool:
+    return any(s >= end and _words_between(clause, end, s) <= _COMPLEMENT_WORDS
+               and not _COMPARISON.search(clause[end:s]) for s in mention_starts)
+
+
+def _find_triggers(searched: str, triggers: tuple[_Trigger, ...], mention_starts: list[int]) -> list[_Hit]:
+    return [_Hit(m.start(), m.end(), t, not (t.predicate and _has_complement(searched, m.end(), mention_starts)))
+            for t in triggers for m in t.regex.finditer(searched)]
+
+
+def _applies(hit: _Hit, clause: str, start: int, end: int, pattern: _Pattern) -> bool:
+    t = hit.trigger
+    if hit.start < end and hit.end > start:          # inside the mention: judged by _INNER_* instead
         return False
     if t.negative_only_targets and not pattern.negative_only:
         return False
-    if te <= start:
-        return t.forward != _OFF and _words_between(clause, te, start) <= t.forward
-    if pattern.closed:
+    if hit.end <= start:
+        lo, hi, reach = hit.end, start, t.forward
+    elif hit.looks_back and not pattern.closed:
+        lo, hi, reach = end, hit.start, t.backward
+    else:
         return False
-    return t.backward != _OFF and _words_between(clause, end, ts) <= t.backward
+    return reach != _OFF and _words_between(clause, lo, hi) <= reach and not _SCOPE_STOP.search(clause[lo:hi])
 
 
 def _judge_clause(clause: str) -> list[Mention]:
     mentions = _find_mentions(clause)
     if not mentions:
         return []
+    starts = [s for _, s, _, _ in mentions]
     searched = _mask(clause, [m.span() for m in _NEUTRAL.finditer(clause)])
-    neg_unc = _find_triggers(searched, _NEG_UNCERTAIN)
-    searched = _mask(searched, [(s, e) for s, e, _ in neg_unc])
-    negations = _find_triggers(searched, _NEGATION)
-    uncertain = _find_triggers(searched, _UNCERTAINTY)
+    neg_unc = _find_triggers(searched, _NEG_UNCERTAIN, starts)
+    searched = _mask(searched, [(h.start, h.end) for h in neg_unc])
+    negations = _find_triggers(searched, _NEGATION, starts)
+    uncertain = _find_triggers(searched, _UNCERTAINTY, starts)
     out = []
     for label, s, e, pat in mentions:
         phrase = clause[s:e]
-        if any(_applies(t, clause, s, e, pat) for t in neg_unc):
+        if any(_applies(h, clause, s, e, pat) for h in neg_unc):
             value = UNCERTAIN
-        elif (pat.closed and _INNER_NEGATION.search(phrase)) or any(_applies(t, clause, s, e, pat) for t in negations):
+        elif (pat.closed and _INNER_NEGATION.search(phrase)) or any(_applies(h, clause, s, e, pat) for h in negations):
             value = NEGATIVE
-        elif (pat.closed and _INNER_UNCERTAINTY.search(phrase)) or any(_applies(t, clause, s, e, pat) for t in uncertain):
+        elif (pat.closed and _INNER_UNCERTAINTY.search(phrase)) or any(_applies(h, clause, s, e, pat) for h in uncertain):
             value = UNCERTAIN
         else:
             value = POSITIVE
