@@ -23,7 +23,8 @@ from typing import Any, Hashable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from support.data.schema import CHEXPERT_LABELS, FRONTAL_VIEWS, LATERAL_VIEWS, RECORD_COLUMNS, SPLITS
+from support.data.schema import (CHEXPERT_LABELS, FRONTAL_VIEWS, LATERAL_VIEWS, RECORD_COLUMNS, SPLITS, ViewError,
+                                 chest_view)
 
 # Beyond the contract's columns: the dataset's own label names (NIH's 14, a COVIDx class, RSNA's
 # class) and, for synthetic sets, the generation provenance of each image.
@@ -274,6 +275,30 @@ def apply_uncertain_policy(labels: pd.DataFrame, policy: str) -> pd.DataFrame:
         value = {"ones": 1.0, "zeros": 0.0, "ignore": math.nan}[policy]
         out[cols] = out[cols].mask(out[cols] == -1.0, value)
     return out
+
+
+def chest_view_or_skip(text: Any, summary: DatasetSummary, where: Any, what: str = "") -> str | None:
+    """The chest view ``text`` names (:func:`support.data.schema.chest_view`); None when it names
+    none, skipped and counted with the reason (``what`` prefixes the detail)."""
+    try:
+        return chest_view(text)
+    except ViewError as exc:
+        summary.skip(exc.reason, where, f"{what}{exc}")
+        return None
+
+
+def dicom_header_and_view(path: Path, summary: DatasetSummary):
+    """(header, chest view) of a DICOM file; None when the header is unreadable or names no chest
+    view, skipped and counted with the reason."""
+    from support.data.dicom import DicomError, read_dicom_header
+
+    try:
+        header = read_dicom_header(path)
+    except DicomError as exc:
+        summary.skip("corrupt image", path, str(exc).split(": ", 1)[-1])
+        return None
+    view = chest_view_or_skip(header.view, summary, path)
+    return None if view is None else (header, view)
 
 
 def decode_utf8(data: bytes) -> str:

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Sequence
 
 from support.data.records import (
-    BoxSpace, DatasetSummary, UnsafePathError, apply_uncertain_policy, decode_utf8, empty_record,
-    find_file, finish, index_rows, parse_age, parse_count, parse_float, parse_label, parse_sex,
+    BoxSpace, DatasetSummary, UnsafePathError, apply_uncertain_policy, chest_view_or_skip, decode_utf8,
+    empty_record, find_file, finish, index_rows, parse_age, parse_count, parse_float, parse_label, parse_sex,
     read_table, require_root, safe_id,
 )
 from support.data.rle import rle_decode
-from support.data.schema import CHEXPERT_LABELS, KNOWN_VIEWS, SPLITS, ViewError, chest_view
+from support.data.schema import CHEXPERT_LABELS, KNOWN_VIEWS, SPLITS
 from support.data.sections import parse_sections
 from support.io import read_json
 
@@ -152,10 +152,8 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
         seen.add(dicom)
         if dicom in refused_images or subject in refused_subjects or (subject, study) in refused_studies:
             continue
-        try:
-            view = chest_view(r["ViewPosition"])
-        except ViewError as exc:
-            summary.skip(exc.reason, where, f"dicom_id {dicom}: {exc}")
+        view = chest_view_or_skip(r["ViewPosition"], summary, where, f"dicom_id {dicom}: ")
+        if view is None:
             continue
         if views is not None and view not in views:
             summary.exclude(f"view {view} not selected")

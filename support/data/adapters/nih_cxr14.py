@@ -21,10 +21,10 @@ import os
 from pathlib import Path
 
 from support.data.records import (
-    BoxSpace, DatasetSummary, UnsafePathError, empty_record, find_file, finish, index_rows, parse_age,
-    parse_count, parse_float, parse_sex, patient_split, read_table, require_root, safe_id, text_lines,
+    BoxSpace, DatasetSummary, UnsafePathError, chest_view_or_skip, empty_record, find_file, finish, index_rows,
+    parse_age, parse_count, parse_float, parse_sex, patient_split, read_table, require_root, safe_id, text_lines,
 )
-from support.data.schema import CHEXPERT_LABELS, ViewError, chest_view
+from support.data.schema import CHEXPERT_LABELS
 
 KIND = "nih-cxr14"
 NIH_LABELS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
@@ -119,10 +119,8 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
         if unknown or not r["Finding Labels"].strip():
             summary.skip("bad label value", where, f"Finding Labels {r['Finding Labels']!r}")
             continue
-        try:
-            view = chest_view(r["View Position"])
-        except ViewError as exc:
-            summary.skip(exc.reason, where, f"{name}: {exc}")
+        view = chest_view_or_skip(r["View Position"], summary, where, f"{name}: ")
+        if view is None:
             continue
         if official is None:
             split = patient_split(patient)

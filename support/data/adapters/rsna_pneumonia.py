@@ -14,12 +14,10 @@ import math
 import os
 from pathlib import Path
 
-from support.data.dicom import DicomError, read_dicom_header
 from support.data.records import (
-    BoxSpace, DatasetSummary, UnsafePathError, empty_record, find_file, finish, index_rows, parse_float,
-    patient_split, read_table, require_root, safe_id,
+    BoxSpace, DatasetSummary, UnsafePathError, dicom_header_and_view, empty_record, find_file, finish, index_rows,
+    parse_float, patient_split, read_table, require_root, safe_id,
 )
-from support.data.schema import ViewError, chest_view
 
 KIND = "rsna-pneumonia"
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
@@ -93,16 +91,10 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
         if not path.is_file():
             summary.skip("missing file", path, f"patientId {pid}")
             continue
-        try:
-            header = read_dicom_header(path)
-        except DicomError as exc:
-            summary.skip("corrupt image", path, str(exc).split(": ", 1)[-1])
+        read = dicom_header_and_view(path, summary)
+        if read is None:
             continue
-        try:
-            view = chest_view(header.view)
-        except ViewError as exc:
-            summary.skip(exc.reason, path, str(exc))
-            continue
+        header, view = read
         cls = classes.get(pid, "")
         rec = empty_record(KIND)
         rec.update(subject_id=pid, study_id=pid, image_id=pid, view=view, path=str(path),

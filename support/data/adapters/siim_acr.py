@@ -15,13 +15,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from support.data.dicom import DicomError, read_dicom_header
 from support.data.records import (
-    DatasetSummary, UnsafePathError, empty_record, find_file, finish, patient_split, read_table,
-    require_root, safe_id,
+    DatasetSummary, UnsafePathError, dicom_header_and_view, empty_record, find_file, finish, patient_split,
+    read_table, require_root, safe_id,
 )
 from support.data.rle import rle_decode, rle_encode
-from support.data.schema import ViewError, chest_view
 
 KIND = "siim-acr"
 # The label files, in the order they are looked for, and the RLE convention each is written in.
@@ -67,16 +65,10 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
         if path is None:
             summary.skip("missing file", label_path.name, f"no DICOM named {image_id}.dcm below {root}")
             continue
-        try:
-            header = read_dicom_header(path)
-        except DicomError as exc:
-            summary.skip("corrupt image", path, str(exc).split(": ", 1)[-1])
+        read = dicom_header_and_view(path, summary)
+        if read is None:
             continue
-        try:
-            view = chest_view(header.view)
-        except ViewError as exc:
-            summary.skip(exc.reason, path, str(exc))
-            continue
+        header, view = read
         positive = [r for r in runs if r not in ("-1", "")]
         if positive and len(positive) != len(runs):
             summary.skip("bad mask", path, f"{image_id} has both -1 and mask rows")
