@@ -333,3 +333,17 @@ def test_learning_rate_schedules_are_those_of_diffusers(name):
         assert trainer.lr_factor(name, step, warmup, total) == theirs.lr_lambdas[0](step), (name, step)
     with pytest.raises(ValueError, match="lr_schedule 'step'"):
         trainer.lr_factor("step", 0, 0, 1)
+
+
+def test_before_optimizer_step_sees_the_gradients_of_the_update(tmp_path):
+    class FrozenBias(Regression):
+        def before_optimizer_step(self, step):
+            if step.epoch == 0:
+                self.net.bias.grad = None          # as DINO freezes its last layer in epoch 0
+
+    task = FrozenBias(Points(12))
+    biases = []
+    trainer.fit(task, loop(max_steps=6, gradient_accumulation_steps=1, validate_every=0), tmp_path,
+                on_update=lambda step, net: biases.append(net.bias.detach().clone()), progress=False)
+    first = biases[0]   # 3 updates an epoch
+    assert all(torch.equal(b, first) for b in biases[:3]) and not torch.equal(biases[-1], first)

@@ -64,6 +64,7 @@ class Context:
     config: Any                      # the system's config (its ``train`` part is ``loop``)
     loop: LoopConfig
     output_dir: Path
+    max_steps: int = 0               # the run's optimizer updates (known once the data is)
 
     @property
     def device(self) -> torch.device:
@@ -128,6 +129,10 @@ class Task:
     def loss(self, batch: Any, step: Step) -> torch.Tensor | tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
         """The loss of one micro-batch, optionally with named parts (logged, not optimized)."""
         raise NotImplementedError
+
+    def before_optimizer_step(self, step: Step) -> None:
+        """Between the clipped gradients and the optimizer step of an update, on every rank (a method
+        that edits gradients, e.g. DINO's last layer frozen in the first epoch)."""
 
     def after_update(self, step: int) -> None:
         """After each optimizer update, on every rank (EMA, momentum teachers)."""
@@ -289,14 +294,16 @@ def check_first_item(dataset, name: str, key: str, shape: tuple[int, ...], *, al
 
 def guarded_update(accelerator, loss: torch.Tensor, parameters: Iterable[torch.nn.Parameter], optimizer,
                    max_grad_norm: float, *, step: int, micro: int, checkpoint_root: str | os.PathLike,
-                   parts: Mapping[str, torch.Tensor] | None = None) -> list[float]:
+                   parts: Mapping[str, torch.Tensor] | None = None,
+                   before_step: Callable[[], None] | None = None) -> list[float]:
     """Backward and optimizer step of one micro-batch (inside ``accelerator.accumulate``).
 
     One small collective per micro-batch carries the loss (and its named ``parts``) for logging
     and a vote on finiteness, so every rank stops together before bad gradients reach the
     weights. Returns [loss, *parts] summed over ranks. Raises :class:`NonFiniteLossError` on a
     non-finite loss, or on a non-finite gradient norm unless fp16's grad scaler is in charge (it
-    skips such steps by design).
+    skips such steps by design). ``before_step`` runs between the clipped gradients and the
+    optimizer step of an update (a method that edits gradients, e.g. DINO's frozen last layer).
     """
     rank, world = accelerator.process_index, accelerator.num_processes
     values = [loss.detach().float()] + [torch.as_tensor(v).detach().float().to(loss.device)
@@ -315,6 +322,8 @@ def guarded_update(accelerator, loss: torch.Tensor, parameters: Iterable[torch.n
         if accelerator.scaler is None and not torch.isfinite(torch.as_tensor(grad_norm)):
             raise NonFiniteLossError(f"non-finite gradient norm in update {step + 1}; the update was not applied; "
                                      f"last good checkpoint: {checkpoints.latest_good(checkpoint_root)}")
+        if before_step is not None:
+            before_step()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return [float(v) for v in stats[:-1]]
@@ -450,7 +459,7 @@ def fit(task: Task, config, output_dir: str | os.PathLike,
     optimizer = optimizer_cls(params, lr=loop.learning_rate, betas=tuple(loop.adam_betas), eps=loop.adam_epsilon,
                               weight_decay=loop.weight_decay)
     sampler, batches_per_epoch = epoch_sampler(task.train_set, world, rank, loop.seed, loop.batch_size)
-    max_steps = loop.max_steps or -(-loop.epochs * batches_per_epoch // accum)
+    max_steps = ctx.max_steps = loop.max_steps or -(-loop.epochs * batches_per_epoch // accum)
     # Stepped once per update by this loop (not by accelerate, which would step it once per process).
     # "constant" with warm-up steps warms up (diffusers' own "constant" would ignore them).
     schedule = "constant_with_warmup" if loop.lr_schedule == "constant" and loop.lr_warmup_steps else loop.lr_schedule
@@ -557,7 +566,8 @@ def fit(task: Task, config, output_dir: str | os.PathLike,
                     result = task.loss(batch, info)
                 loss, named = result if isinstance(result, tuple) else (result, {})
                 sums = guarded_update(accelerator, loss, params, optimizer, loop.max_grad_norm, step=step,
-                                      micro=micro, checkpoint_root=ckpt_root, parts=named)
+                                      micro=micro, checkpoint_root=ckpt_root, parts=named,
+                                      before_step=lambda: task.before_optimizer_step(info))
             micro += 1
             share = np.asarray(sums) / world / accum
             update_values = share if update_values is None else update_values + share
