@@ -11,7 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
+from support.data.adapters import load_dataset
+from support.data.datasets import MaskDataset, decode_mask
 from support.data.rle import rle_decode
+from support.data.schema import ANATOMY_MASKS
 from support.params import ParameterError, from_mapping
 from support.phantom import PhantomConfig, cardiothoracic_ratio, generate_phantom, render_study, sample_anatomy
 from support.phantom.findings import sample_spec
@@ -127,7 +130,7 @@ def test_masks_lie_in_boxes_and_text_items_match_masks(datasets):
     boxes = {}
     for r in _rows(root / "annotations/boxes.csv"):
         boxes.setdefault((r["dicom_id"], r["label"]), []).append([float(r[k]) for k in ("x", "y", "width", "height")])
-    masks = _rows(root / "annotations/masks.csv")
+    masks = [r for r in _rows(root / "annotations/masks.csv") if r["label"] not in ANATOMY_MASKS]
     assert masks, "no finding masks written"
     for r in masks:
         m = rle_decode(r["EncodedPixels"], int(r["width"]), int(r["height"]))
@@ -143,6 +146,105 @@ def test_masks_lie_in_boxes_and_text_items_match_masks(datasets):
         tmask = cv2.imread(str(root / "phantom/text_masks" / f"{it['dicom_id']}.png"), cv2.IMREAD_UNCHANGED) > 0
         x0, y0, x1, y1 = (int(it[k]) for k in ("x0", "y0", "x1", "y1"))
         assert clean.shape == (64, 64) and tmask[y0:y1, x0:x1].any()
+
+
+def _anatomy(root: Path) -> list[tuple[dict, bool, np.ndarray, np.ndarray, np.ndarray]]:
+    """(truth row, frontal?, clean image, lung fields, heart) of every image, from the files."""
+    records, _ = load_dataset("mimic-cxr-jpg", root)
+    truth = {r["study_id"]: r for r in map(json.loads, (root / "phantom/truth.jsonl").read_text().splitlines())}
+    out = []
+    for _, rec in records.iterrows():
+        clean = root / "phantom/clean" / f"{rec['image_id']}.png"
+        image = cv2.imread(str(clean if clean.exists() else rec["path"]), cv2.IMREAD_GRAYSCALE).astype(float)
+        entries = {name: [e for e in rec["masks"] if e["label"] == name] for name in ANATOMY_MASKS}
+        assert all(len(e) == 1 for e in entries.values()), (rec["image_id"], {k: len(v) for k, v in entries.items()})
+        lungs, heart = (decode_mask(entries[name][0], image.shape) for name in ANATOMY_MASKS)
+        t = truth[rec["study_id"]]
+        out.append((t, t["dicom_ids"]["frontal"] == rec["image_id"], image, lungs, heart))
+    return out
+
+
+def _moved(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = mask[max(-dy, 0):h - max(dy, 0),
+                                                                     max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def _border_contrast(image: np.ndarray, mask: np.ndarray, k: int = 2) -> tuple[float, float]:
+    """Inside-minus-outside intensity over ``k`` px at the left and right border of each row in the
+    middle half of the mask, averaged: positive where the object is brighter than its surround."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    left, right = [], []
+    for r in rows[len(rows) // 4:len(rows) - len(rows) // 4]:
+        cols = np.flatnonzero(mask[r])
+        a, b = cols[0], cols[-1]
+        left.append(image[r, a:a + k].mean() - image[r, max(a - k, 0):a].mean())
+        right.append(image[r, b + 1 - k:b + 1].mean() - image[r, b + 1:b + 1 + k].mean())
+    return float(np.mean(left)), float(np.mean(right))
+
+
+def test_anatomy_masks_in_every_image_match_the_geometry(datasets):
+    root, summary = datasets["a"]
+    images = _anatomy(root)
+    assert len(images) == summary["images"] and summary["lateral_images"] > 0
+    seen_cardiomegaly = set()
+    for t, frontal, image, lungs, heart in images:
+        assert lungs.shape == heart.shape == image.shape == (64, 64) and lungs.any() and heart.any()
+        lung_cols, lung_rows = np.flatnonzero(lungs.any(axis=0)), np.flatnonzero(lungs.any(axis=1))
+        hy, hx = np.nonzero(heart)
+        assert ((hx >= lung_cols[0]) & (hx <= lung_cols[-1])).mean() > 0.95, "heart outside the lung fields"
+        assert hy.mean() > lung_rows.mean(), "heart not in the lower chest"
+        # patient's left is the image's right on the frontal; the heart is anterior (image left) on the lateral
+        assert (hx.mean() > (lung_cols[0] + lung_cols[-1]) / 2) == frontal
+        # aerated lung is dark, the heart dense
+        contrast = image[heart].mean() - image[lungs & ~heart].mean()
+        assert contrast > (40 if frontal else 0), (t["study_id"], frontal, contrast)
+        if frontal:
+            ctr, heart_w, thorax_w = cardiothoracic_ratio(heart, lungs)
+            truth = t["truth"]
+            assert abs(heart_w - truth["heart_width_px"]) <= 1 and abs(thorax_w - truth["thorax_width_px"]) <= 1
+            assert ctr == pytest.approx(truth["ctr"], abs=1.0 / thorax_w)
+            assert (ctr > 0.5) == ("Cardiomegaly" in t["spec"])
+            seen_cardiomegaly.add("Cardiomegaly" in t["spec"])
+    assert seen_cardiomegaly == {True, False}
+
+
+def test_anatomy_masks_register_with_the_frontal_image(datasets):
+    # The heart's borders and the lungs' outer edges are the sharpest anatomy edges of a frontal
+    # film: over all frontal images, the written masks sit on them better than the same masks
+    # moved by a pixel or two, mirrored or transposed. The lungs' edges only say so sideways: they
+    # slant, and the footprint's rim of thin lung at the apex and recesses is not dark.
+    frontals = [(image, lungs, heart) for _, frontal, image, lungs, heart in _anatomy(datasets["a"][0]) if frontal]
+    # name: (how the masks are spoilt, whether the lungs' edges can tell)
+    variants = {"mirrored": (lambda m: m[:, ::-1], True), "upside down": (lambda m: m[::-1], True),
+                "transposed": (lambda m: m.T, True)}
+    for dy, dx in ((-2, 0), (-1, 0), (1, 0), (2, 0), (0, -2), (0, -1), (0, 1), (0, 2)):
+        variants[f"moved {dy:+d}, {dx:+d} px"] = (lambda m, dy=dy, dx=dx: _moved(m, dy, dx)), dx != 0
+
+    def scores(f):
+        heart = np.mean([sum(_border_contrast(image, f(heart))) for image, _, heart in frontals])
+        lungs = np.mean([-max(_border_contrast(image, f(lungs))) for image, lungs, _ in frontals])
+        return float(heart), float(lungs)
+
+    heart, lungs = scores(lambda m: m)
+    assert heart > 40 and lungs > 0, (heart, lungs)
+    for name, (f, lungs_tell) in variants.items():
+        h, l = scores(f)
+        assert h < heart, f"heart {name}: border contrast {h:.1f} >= {heart:.1f} as written"
+        if lungs_tell:
+            assert l < lungs, f"lung fields {name}: edge contrast {l:.1f} >= {lungs:.1f} as written"
+
+
+def test_anatomy_masks_load_as_a_mask_dataset(datasets):
+    root, summary = datasets["a"]
+    records, _ = load_dataset("mimic-cxr-jpg", root)
+    ds = MaskDataset(records, size=32, labels=["Lung Fields"])
+    assert len(ds) == summary["images"]
+    for i in range(0, len(ds), 5):
+        mask = ds[i]["mask"]
+        assert tuple(mask.shape) == (1, 32, 32) and 0.1 < float(mask.mean()) < 0.9
 
 
 def test_resume_rewrites_only_what_is_missing(datasets, tmp_path):

@@ -12,7 +12,7 @@ import pandas as pd
 
 from support.data.datasets import decode_mask
 from support.data.images import read_image
-from support.data.schema import CHEXPERT_LABELS, is_frontal, is_lateral
+from support.data.schema import ANATOMY_MASKS, CHEXPERT_LABELS, is_frontal, is_lateral
 
 
 def paired_studies(records: pd.DataFrame, n: int, seed: int = 0) -> list[tuple[pd.Series, pd.Series | None]]:
@@ -89,10 +89,13 @@ def _draw_annotations(ax, rec: pd.Series, image: np.ndarray) -> None:
     h, w = image.shape
     ax.imshow(image, cmap="gray", vmin=0, vmax=1)
     colours = plt.get_cmap("tab10")
-    names = sorted({b["label"] for b in rec["boxes"]} | {m["label"] for m in rec["masks"]})
+    names = sorted({b["label"] for b in rec["boxes"]} | {m["label"] for m in _finding_masks(rec)})
     for entry in rec["masks"]:
         mask = decode_mask(entry, (h, w))
-        ax.contour(mask, levels=[0.5], colors=[colours(names.index(entry["label"]) % 10)], linewidths=1)
+        if entry["label"] in ANATOMY_MASKS:  # the anatomy, muted, under the findings
+            ax.contour(mask, levels=[0.5], colors=["white"], linewidths=0.5, linestyles="dashed")
+        else:
+            ax.contour(mask, levels=[0.5], colors=[colours(names.index(entry["label"]) % 10)], linewidths=1)
     for box in rec["boxes"]:
         c = colours(names.index(box["label"]) % 10)
         x0, y0, x1, y1 = box["x0"] * w, box["y0"] * h, box["x1"] * w, box["y1"] * h
@@ -102,9 +105,14 @@ def _draw_annotations(ax, rec: pd.Series, image: np.ndarray) -> None:
     ax.set_xticks([]), ax.set_yticks([])
 
 
+def _finding_masks(rec: pd.Series) -> list[dict]:
+    return [m for m in rec["masks"] if m["label"] not in ANATOMY_MASKS]
+
+
 def plot_annotations(records: pd.DataFrame, n: int = 4, seed: int = 0):
-    """Images with their finding boxes (rectangles) and masks (outlines)."""
-    has = records[(records["boxes"].map(len) > 0) | (records["masks"].map(len) > 0)]
+    """Images with their finding boxes (rectangles) and masks (outlines), lung fields and heart
+    (dashed) where the dataset has them."""
+    has = records[(records["boxes"].map(len) > 0) | records.apply(lambda r: bool(_finding_masks(r)), axis=1)]
     if has.empty:
         raise ValueError("no record has boxes or masks")
     pick = has.sample(min(n, len(has)), random_state=seed)

@@ -19,6 +19,10 @@ PHANTOM_FINDINGS: tuple[str, ...] = (
     "Consolidation", "Pneumonia", "Atelectasis", "Support Devices",
 )
 
+# Anatomy masks the phantom writes for every image beside its finding masks (lung segmentation
+# is the usual probe of a self-supervised encoder): both lungs' footprint, and the heart's.
+ANATOMY_MASKS: tuple[str, ...] = ("Lung Fields", "Heart")
+
 # Label values as in the CheXpert/MIMIC CSVs: 1 positive, 0 negative, -1 uncertain, NaN unmentioned.
 POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
 

@@ -1,7 +1,8 @@
 """The chest X-ray phantom: a procedural 3D thorax per patient, projected like a radiograph into
 a frontal (PA/AP) and a lateral view of the same body, with findings whose truth is known
-(labels, boxes, masks), burned-in text with its masks and clean twins, and reports; written in
-the MIMIC-CXR-JPG layout so that it is read back like the real datasets.
+(labels, boxes, masks), anatomy masks of the lung fields and the heart, burned-in text with its
+masks and clean twins, and reports; written in the MIMIC-CXR-JPG layout so that it is read back
+like the real datasets.
 
     from support.phantom import PhantomConfig, generate_phantom
     summary = generate_phantom("outputs/phantom", PhantomConfig(n_patients=50, image_size=256))

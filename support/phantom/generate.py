@@ -6,7 +6,8 @@ from (seed, patient, study), so a process pool writes exactly the bytes one proc
 Workers render, encode and write the JPEGs; the main process records rows through
 :class:`~support.data.writer.MimicLayoutWriter` and writes the phantom's own files:
 ``phantom/truth.jsonl``, ``phantom/text_items.csv``, ``phantom/clean/<dicom_id>.png`` and
-``phantom/text_masks/<dicom_id>.png``.
+``phantom/text_masks/<dicom_id>.png``. Besides its findings' masks, every image gets the anatomy
+masks of ``ANATOMY_MASKS`` (lung fields, heart), with no boxes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from support.data.images import png_bytes
-from support.data.schema import CHEXPERT_LABELS, PHANTOM_FINDINGS
+from support.data.schema import ANATOMY_MASKS, CHEXPERT_LABELS, PHANTOM_FINDINGS
 from support.data.writer import MimicLayoutWriter, encode_jpeg, make_dicom_id, make_study_id, make_subject_id
 from support.io import write_bytes_atomic
 from support.params import to_dict
@@ -37,6 +38,9 @@ from support.phantom.findings import NORMAL_CTR_MAX, sample_spec
 TRUTH_JSONL = "phantom/truth.jsonl"
 TEXT_ITEMS_CSV = "phantom/text_items.csv"
 PROVENANCE_COLUMNS = ("generator", "seed")
+
+# The rendered footprint behind each anatomy mask label: the very masks the CTR is measured on
+ANATOMY_STRUCTURES = dict(zip(ANATOMY_MASKS, ("lungs", "heart")))
 
 # spawn_key prefixes: one independent stream per purpose
 _PATIENT, _STUDY, _IDS, _SPLIT, _RENDER, _REPORT = range(6)
@@ -141,10 +145,11 @@ def render_task(task: dict) -> dict:
         image = r.image(view)
         write_bytes_atomic(task["paths"][view], encode_jpeg(image, task["quality"]))
         texted = bool(r.text_masks[view].any())
+        masks = {**r.masks[view], **{label: r.structures[view][key] for label, key in ANATOMY_STRUCTURES.items()}}
         images.append({
             "view": view, "dicom_id": dicom_id, "rows": image.shape[0], "columns": image.shape[1],
             "boxes": r.boxes[view],
-            "masks": {label: np.packbits(m) for label, m in r.masks[view].items()},
+            "masks": {label: np.packbits(m) for label, m in masks.items()},
             "text_items": r.text_items[view],
             "clean_png": png_bytes(r.image(view, clean=True)) if texted else None,
             "text_mask_png": png_bytes(r.text_masks[view].astype(np.uint8) * 255) if texted else None,

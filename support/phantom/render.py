@@ -28,7 +28,8 @@ DETECTOR_MM = 430.0          # a 17 x 17 inch detector
 class RenderedStudy:
     """The images and annotations of one study. Views are keyed "frontal" and "lateral";
     boxes are ``{"label", "x0", "y0", "x1", "y1"}`` in pixels with exclusive ``x1, y1``;
-    ``structures`` holds anatomy masks per view ("lungs", "heart", "bones")."""
+    ``structures`` holds full-image anatomy masks per view ("lungs", "heart", "bones"), pixel for
+    pixel on the image."""
 
     frontal: np.ndarray
     lateral: np.ndarray | None
