@@ -88,7 +88,10 @@ def test_linear_probe_auroc_is_higher_for_a_trained_encoder(phantom, encoders):
     train, test = phantom
     value, tables = _compare(encoders, MultiLabelClassification(FINDINGS), ImageDataset(train, size=SIZE),
                              ImageDataset(test, size=SIZE), "auroc", CONVERGED)
-    assert set(tables["trained"]["metric"]) == {"auroc", "auroc:Cardiomegaly", "auroc:Pleural Effusion"}
+    assert set(tables["trained"]["metric"]) == {"auroc", "auroc:Cardiomegaly", "auroc:Pleural Effusion",
+                                                "f1:Cardiomegaly", "f1:Pleural Effusion"}
+    f1 = tables["trained"].set_index("metric").loc[["f1:Cardiomegaly", "f1:Pleural Effusion"], "value"]
+    assert ((0 <= f1) & (f1 <= 1)).all()
     assert value["trained"] > 0.75 and value["trained"] > value["random"] + 0.15, value
 
 
@@ -136,7 +139,8 @@ def test_evaluate_reports_each_fraction_by_patient():
     config = dataclasses.replace(CONFIG, train=dataclasses.replace(HEADS, epochs=5), n_boot=50)
     table = evaluate(random_net(), MultiLabelClassification(RENDERED), "linear",
                      (0.1, 1.0), train, test, config)
-    assert sorted(set(table["fraction"])) == [0.1, 1.0] and len(table) == 2 * (len(RENDERED) + 1)
+    # per fraction: AUROC and F1 per finding, and the mean AUROC
+    assert sorted(set(table["fraction"])) == [0.1, 1.0] and len(table) == 2 * (2 * len(RENDERED) + 1)
     per = table.groupby("fraction")[["n_train", "n_patients"]].first()
     assert per.loc[1.0, "n_train"] == 120 and per.loc[1.0, "n_patients"] == 60
     assert per.loc[0.1, "n_train"] == 2 * per.loc[0.1, "n_patients"] < 120     # two studies per patient, kept together
@@ -334,6 +338,22 @@ def test_one_class_training_subsets_and_bad_settings_are_refused():
                  data, CONFIG)
     with pytest.raises(ParameterError, match="n_boot"):
         DownstreamConfig(n_boot=0).validate()
+    positive = next(i for i, lab in enumerate(data.labels)
+                    if any(lab[CHEXPERT_LABELS.index(f)] == 1 for f in RENDERED))
     with pytest.raises(ValueError, match="at least 2 training items"):
         evaluate(random_net(), MultiLabelClassification(RENDERED), "linear", (1.0,),
-                 torch.utils.data.Subset(data, [0]), FindingsDataset(20, seed=82, hide=0.0), CONFIG)
+                 torch.utils.data.Subset(data, [positive]), FindingsDataset(20, seed=82, hide=0.0), CONFIG)
+
+
+def test_f1_is_per_finding_with_an_interval_and_undefined_without_a_positive():
+    from support.downstream.metrics import f1_rows
+
+    labels = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, np.nan]] * 5)
+    scores = np.array([[0.9, 0.9], [0.2, 0.1], [0.1, 0.2], [0.8, 0.3]] * 5)
+    rows = {r["metric"]: r for r in f1_rows(labels, scores, ["A", "B"], threshold=0.5, n_boot=200, seed=0,
+                                            confidence=0.95, min_test=10)}
+    assert rows["f1:A"]["value"] == pytest.approx(2 * 5 / (10 + 10))          # tp 5, predicted 10, true 10
+    assert rows["f1:A"]["ci_low"] <= rows["f1:A"]["value"] <= rows["f1:A"]["ci_high"]
+    assert np.isnan(rows["f1:B"]["value"]) and "no positive" in rows["f1:B"]["reason"]
+    few = f1_rows(labels[:4], scores[:4], ["A"], threshold=0.5, n_boot=10, seed=0, confidence=0.95, min_test=10)
+    assert few[0]["reason"].startswith("too few samples")

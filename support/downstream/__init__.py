@@ -19,7 +19,7 @@ CM-CGNS) on classification, segmentation and detection.
 """
 
 from .data import BoxedImages, ClassImages, LabelledImages, MaskedImages, Pairs, collate_boxes, patient_ids
-from .backbones import ReferenceConfig, ReferenceNet, ResNetConfig, TimmConfig
+from .backbones import ReferenceConfig, ReferenceNet, ResNetConfig, TimmConfig, ViTConfig
 from .encoders import (ENCODERS, DenseEncoder, Encoder, build_encoder, check_encoder, encoder_names,
                        load_encoder_weights, register_encoder, save_encoder)
 from .knn import cosine_neighbours, knn_vote
@@ -33,7 +33,7 @@ __all__ = [
     "BoxedImages", "COLUMNS", "ClassImages", "DenseEncoder", "Detection", "DownstreamConfig", "ENCODERS", "Encoder",
     "HeadTask", "LabelledImages", "MGCA_IOU_THRESHOLDS", "MaskedImages", "MultiClassClassification",
     "MultiLabelClassification", "PROTOCOLS", "Pairs", "ReferenceConfig", "ReferenceNet", "ResNetConfig", "Segmentation",
-    "TimmConfig", "bootstrap_ci", "build_encoder", "check_encoder", "collate_boxes", "cosine_neighbours",
+    "TimmConfig", "ViTConfig", "bootstrap_ci", "build_encoder", "check_encoder", "collate_boxes", "cosine_neighbours",
     "encoder_names", "evaluate", "knn_vote", "load_encoder_weights", "loop_for", "masked_bce",
     "mean_average_precision", "patient_ids", "patient_subset", "pooled_features", "register_encoder",
     "save_encoder", "stratified_subset", "train_head",

@@ -204,3 +204,65 @@ class TimmEncoder(ScaledInput, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
+
+
+# ------------------------------------------------------------------------------------ Vision Transformer
+@dataclasses.dataclass
+class ViTConfig(Checked):
+    """A Vision Transformer (timm's, never pretrained): ViT-S/16 by default (384-d, 12 blocks, 6 heads,
+    224 px). Other image sizes interpolate the position embedding (DINO's small crops)."""
+
+    title = "ViT encoder parameters"
+    image_size: int = 224
+    patch_size: int = 16
+    embed_dim: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    in_channels: int = 1
+    mean: float = 0.5
+    std: float = 0.25
+
+    def checks(self) -> Iterable[Check]:
+        yield from _input_checks(self)
+        yield self.image_size % self.patch_size == 0, "image_size", f"a multiple of patch_size ({self.patch_size})"
+        yield self.embed_dim % self.num_heads == 0, "embed_dim", f"a multiple of num_heads ({self.num_heads})"
+        yield self.depth >= 4, "depth", "at least 4 blocks (the dense maps come from four of them)"
+
+
+class ViTEncoder(ScaledInput, nn.Module):
+    """Pooled features: the class token. Dense maps: the patch tokens of four evenly spaced blocks,
+    resampled to strides patch/4, patch/2, patch and 2 x patch (a simple pyramid, as ViTDet's), so a
+    U-Net decoder or a detection pyramid can sit on a plain ViT."""
+
+    library_prefix = "model."
+
+    def __init__(self, config: ViTConfig):
+        from timm.models.vision_transformer import VisionTransformer
+
+        super().__init__()
+        self.mean, self.std, self.in_channels = config.mean, config.std, config.in_channels
+        self.model = VisionTransformer(img_size=config.image_size, patch_size=config.patch_size,
+                                       in_chans=config.in_channels, num_classes=0, embed_dim=config.embed_dim,
+                                       depth=config.depth, num_heads=config.num_heads, mlp_ratio=config.mlp_ratio,
+                                       dynamic_img_size=True)
+        self.feature_dim = config.embed_dim
+        self.blocks = [config.depth * (i + 1) // 4 - 1 for i in range(4)]
+        self.feature_channels = (config.embed_dim,) * 4
+        p = config.patch_size
+        self.feature_strides = (max(1, p // 4), max(1, p // 2), p, 2 * p)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.scale_input(x))
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps = self.model.forward_intermediates(self.scale_input(x), indices=self.blocks, output_fmt="NCHW",
+                                                intermediates_only=True)
+        grid = maps[0].shape[-2:]
+        p = self.feature_strides[2]
+        sizes = [(grid[0] * p // s, grid[1] * p // s) for s in self.feature_strides]
+        return [F.interpolate(m, size=size, mode="bilinear", align_corners=False) if m.shape[-2:] != size else m
+                for m, size in zip(maps, sizes)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)

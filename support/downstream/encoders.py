@@ -7,7 +7,8 @@ An encoder is any ``torch.nn.Module`` that maps 1-channel float images (N, 1, H,
   ``feature_channels`` and ``feature_strides`` (segmentation, detection).
 
 Built-ins: ``reference`` (the project's reference network), ``resnet18`` / ``resnet50``
-(torchvision, built from config) and ``timm`` (any timm model by name). A system adds its own in
+(torchvision, built from config), ``vit`` (a Vision Transformer, ViT-S/16 by default, with a
+simple feature pyramid for dense tasks) and ``timm`` (any timm model by name). A system adds its own in
 one line, ``register_encoder("dino-vit", ViTConfig)(build_vit)``. Nothing is ever downloaded:
 weights come only from a local file (safetensors; ``.pt``/``.pth`` read with ``weights_only``).
 """
@@ -23,7 +24,8 @@ import torch.nn as nn
 
 from support.params import Checked, from_mapping
 
-from .backbones import ReferenceConfig, ReferenceNet, ResNetConfig, TimmConfig, TimmEncoder, TorchvisionResNet
+from .backbones import (ReferenceConfig, ReferenceNet, ResNetConfig, TimmConfig, TimmEncoder, TorchvisionResNet,
+                        ViTConfig, ViTEncoder)
 
 
 @runtime_checkable
@@ -165,3 +167,8 @@ def build_resnet50(config: ResNetConfig) -> nn.Module:
 @register_encoder("timm", TimmConfig)
 def build_timm(config: TimmConfig) -> nn.Module:
     return TimmEncoder(config)
+
+
+@register_encoder("vit", ViTConfig)
+def build_vit(config: ViTConfig) -> nn.Module:
+    return ViTEncoder(config)

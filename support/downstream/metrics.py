@@ -78,6 +78,32 @@ def auroc_rows(labels: np.ndarray, scores: np.ndarray, names: Sequence[str], *, 
     return rows
 
 
+def f1_rows(labels: np.ndarray, scores: np.ndarray, names: Sequence[str], *, threshold: float, n_boot: int,
+            seed: int, confidence: float, min_test: int, reasons: dict[str, str] | None = None) -> list[dict]:
+    """Per-finding F1 of ``scores > threshold`` over the known (0/1) labels, with a bootstrap
+    interval; NaN with the reason where the finding cannot be scored (as :func:`auroc_rows`) or
+    the test set holds no positive (F1 is undefined without one)."""
+    labels, scores = np.asarray(labels, np.float64), np.asarray(scores, np.float64)
+    known = known_mask(labels)
+    rows = []
+    for j, name in enumerate(names):
+        y, p = labels[known[:, j], j], scores[known[:, j], j] > threshold
+        reason = ((reasons or {}).get(name) or too_few(y.size, min_test, "test images with a definite label")
+                  or ("no positive in the test set (F1 undefined)" if not y.any() else ""))
+        if reason:
+            rows.append(row(f"f1:{name}", n_test=y.size, reason=reason))
+            continue
+
+        def f1(idx: np.ndarray) -> float:
+            tp = float((p[idx] & (y[idx] == 1)).sum())
+            positives = float(p[idx].sum() + (y[idx] == 1).sum())
+            return 2.0 * tp / positives if positives else NAN
+
+        everything = np.arange(y.size)
+        rows.append(row(f"f1:{name}", f1(everything), bootstrap_ci(f1, y.size, n_boot, seed + j, confidence), y.size))
+    return rows
+
+
 # ------------------------------------------------------------------------------------ accuracy
 def accuracy_row(classes: np.ndarray, predicted: np.ndarray, *, n_boot: int, seed: int, confidence: float,
                  min_test: int, reason: str = "") -> dict:
