@@ -105,7 +105,7 @@ def test_bad_items_name_the_dataset_index_and_field():
 
     class Scaled(Bad):
         def __getitem__(self, i):
-            return {"image": torch.full((1, 8, 8), -1.0), "labels": torch.zeros(14)}
+            return {"image": torch.full((1, 8, 8), -1.0), "labels": torch.tensor([float(i % 2)] * 14)}
 
     with pytest.raises(ValueError, match=r"scaled\[\d\]\.image: float pixels must lie in \[0, 1\]"):
         ref.train_reference_encoder(Scaled(), dataclasses.replace(CONFIG, epochs=1), name="scaled")

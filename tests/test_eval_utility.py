@@ -101,3 +101,16 @@ def test_fractions_are_drawn_by_patient_and_too_few_test_labels_give_no_auroc():
                           real_train_labels=np.stack(real_train.labels), groups=groups)
     assert (table["n_real"] % 3 == 0).all()                            # whole patients only
     assert table["auroc"].isna().all() and table["reason"].str.startswith("too few samples").all()
+
+
+def test_a_synthetic_set_without_a_positive_label_is_refused_by_name():
+    """An unconditional set read with default (all-absent) labels trains to loss 0 and a chance AUROC."""
+    real = FindingsDataset(24, seed=41)
+    unconditional = FindingsDataset(24, seed=42)
+    for lab in unconditional.labels:
+        lab[:] = 0.0                                               # every finding "absent": the defaults
+    classifier = ReferenceEncoderConfig(width=8, blocks=(1,), image_size=16, epochs=1, batch_size=8, device="cpu")
+    config = UtilityConfig(classifier=classifier, regimes=("synthetic",), fractions=(1.0,), n_boot=20)
+    with pytest.raises(ValueError, match=r"utility: ddpm .*no positive label.*notebook 07"):
+        utility_study(real, unconditional, real, config, real_train_labels=np.stack(real.labels),
+                      synthetic_name="ddpm")

@@ -162,9 +162,16 @@ class MultiLabelClassification(HeadTask):
         return targets
 
     def check_train(self, targets, where):
-        if not known_mask(targets).any():
+        known = known_mask(targets)
+        if not known.any():
             raise ValueError(f"{where}: no definite (0/1) label for any of {list(self.label_names)} in its "
                              f"{len(targets)} images; a classifier trained on it learns nothing")
+        # all-negative labels are what an unconditional set's defaults look like: the loss falls
+        # to 0 by predicting "absent" everywhere and the AUROC sits at chance
+        if not (targets[known] == 1).any():
+            raise ValueError(f"{where}: no positive label for any of {list(self.label_names)} in its "
+                             f"{len(targets)} images; a classifier trained on it learns nothing (an "
+                             "unconditional set has no labels: judge it by pretraining, notebook 07)")
 
     def check_test(self, targets, where):
         known = known_mask(targets)
@@ -211,8 +218,9 @@ class MultiLabelClassification(HeadTask):
                 reasons[name] = "no positive training label"
             elif name not in reasons and not (y == 0).any():
                 reasons[name] = "no negative training label"
-        return metrics.auroc_rows(outputs["labels"], outputs["scores"], self.label_names, n_boot=n_boot, seed=seed,
-                                  confidence=confidence, min_test=min_test, reasons=reasons)
+        common = dict(n_boot=n_boot, seed=seed, confidence=confidence, min_test=min_test, reasons=reasons)
+        return (metrics.auroc_rows(outputs["labels"], outputs["scores"], self.label_names, **common)
+                + metrics.f1_rows(outputs["labels"], outputs["scores"], self.label_names, threshold=0.5, **common))
 
 
 class MultiClassClassification(HeadTask):

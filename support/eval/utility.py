@@ -82,7 +82,7 @@ def _train(data, labels: np.ndarray, base: ReferenceEncoderConfig, config: Utili
 
 
 def utility_study(real_train, synthetic, real_test, config: UtilityConfig | None = None,
-                  real_train_labels: np.ndarray | None = None, groups=None):
+                  real_train_labels: np.ndarray | None = None, groups=None, synthetic_name: str = "synthetic"):
     """Run every regime x fraction and score per finding on ``real_test``.
 
     Datasets yield ``{"image", "labels"}`` in ``config.classifier.label_names`` order.
@@ -92,6 +92,8 @@ def utility_study(real_train, synthetic, real_test, config: UtilityConfig | None
     Returns a pandas DataFrame, one row per (regime, fraction, finding): ``n_real``,
     ``n_synthetic``, ``auroc``, ``ci_low``, ``ci_high``, ``n_test``, ``n_pos`` and ``reason``
     (why ``auroc`` is NaN: too few test samples, or one class only).
+    A synthetic set without a positive label (an unconditional set) is refused, named by
+    ``synthetic_name``: train-on-synthetic needs the labels the set was generated for.
     """
     import pandas as pd
 
@@ -121,7 +123,7 @@ def utility_study(real_train, synthetic, real_test, config: UtilityConfig | None
     synthetic_model = None
     if {"synthetic", "synthetic->real"} & set(config.regimes):
         synthetic_labels = synth.label_matrix(names)
-        synthetic_model = _train(synth, synthetic_labels, base, config, "utility: synthetic")
+        synthetic_model = _train(synth, synthetic_labels, base, config, f"utility: {synthetic_name}")
         synthetic_state = {k: v.detach().clone() for k, v in synthetic_model.state_dict().items()}
 
     rows = []
