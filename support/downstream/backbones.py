@@ -266,3 +266,32 @@ class ViTEncoder(ScaledInput, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
+
+
+def load_vit_weights(encoder: ViTEncoder, path) -> list[str]:
+    """Start a :class:`ViTEncoder` from a local timm ViT checkpoint (ImageNet ViT-S/16, a DINO
+    release): the position embedding is resampled to this grid (timm's checkpoint filter) and an
+    RGB patch embedding summed to the encoder's channels (timm's ``adapt_input_conv``, so a gray
+    image meets the response it had as an RGB gray). Returns the file's keys left unused (a
+    classifier head); a missing block weight is an error."""
+    from timm.models._manipulate import adapt_input_conv
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    from support.io import load_state_dict
+
+    state = load_state_dict(path)
+    key = "patch_embed.proj.weight"
+    if key in state and state[key].ndim == 4 and state[key].shape[1] != encoder.in_channels:
+        state[key] = adapt_input_conv(encoder.in_channels, state[key])
+    state = checkpoint_filter_fn(state, encoder.model)
+    own = encoder.model.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} of the ViT's {len(own)} weights are missing (e.g. {missing[:3]}); "
+                         "expected a timm VisionTransformer checkpoint of the same depth and width")
+    reshaped = [f"{k} {tuple(state[k].shape)}, expected {tuple(v.shape)}" for k, v in own.items()
+                if tuple(state[k].shape) != tuple(v.shape)]
+    if reshaped:
+        raise ValueError(f"{path}: {len(reshaped)} weights have another shape than the ViT's (e.g. {reshaped[:3]})")
+    encoder.model.load_state_dict({k: state[k] for k in own}, strict=True)
+    return sorted(set(state) - set(own))

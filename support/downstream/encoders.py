@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import torch
@@ -142,6 +143,41 @@ def save_encoder(encoder: nn.Module, path: str | os.PathLike) -> os.PathLike:
     from support.io import save_state_dict
 
     return save_state_dict(encoder.state_dict(), path)
+
+
+ENCODER_WEIGHTS = "encoder.safetensors"
+ENCODER_JSON = "encoder.json"
+
+
+def save_encoder_folder(encoder: nn.Module, name: str, config: Any, folder: str | os.PathLike,
+                        info: Mapping[str, Any] | None = None) -> Path:
+    """An encoder as a folder: ``encoder.safetensors`` and ``encoder.json`` (registry ``name``, its
+    config, and ``info`` such as the method and data it was pretrained with), what
+    :func:`load_encoder_folder` rebuilds: the harness's encoders and 06's feature spaces."""
+    from support.core.config import config_dict
+    from support.io import write_json_atomic
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_encoder(encoder, folder / ENCODER_WEIGHTS)
+    write_json_atomic(folder / ENCODER_JSON, {"encoder": name, "config": config_dict(config), **(info or {})})
+    return folder
+
+
+def load_encoder_folder(folder: str | os.PathLike) -> nn.Module:
+    """The encoder :func:`save_encoder_folder` wrote, in eval mode; its ``encoder.json`` as ``.info``."""
+    from support.io import read_json
+
+    folder = Path(folder)
+    if not (folder / ENCODER_JSON).is_file():
+        raise FileNotFoundError(f"{folder}: not an encoder folder (expected {ENCODER_JSON} and {ENCODER_WEIGHTS})")
+    meta = read_json(folder / ENCODER_JSON)
+    for key in ("encoder", "config"):
+        if key not in meta:
+            raise ValueError(f"{folder / ENCODER_JSON}: field {key!r} missing (expected the registry name and config)")
+    encoder = build_encoder(meta["encoder"], meta["config"], weights=folder / ENCODER_WEIGHTS).eval()
+    encoder.info = meta
+    return encoder
 
 
 # ------------------------------------------------------------------------------------ built-ins

@@ -10,7 +10,7 @@ training set; Inception FID with an ``InceptionFID`` built from local weights.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -150,3 +150,15 @@ def _capped_labels(labels, n_total: int, config: EvalConfig):
         return labels
     idx = np.sort(np.random.default_rng(config.seed).choice(n_total, config.max_images, replace=False))
     return labels.iloc[idx].reset_index(drop=True) if hasattr(labels, "iloc") else np.asarray(labels)[idx]
+
+
+def feature_space_table(synthetic: Mapping[str, Any], control: Any, real_test: Any, encoder: FeatureEncoder,
+                        config: EvalConfig | None = None, control_name: str = "real (validate split)"):
+    """The distribution metrics of every synthetic set (and a real control split) in one more
+    feature space (e.g. a DINO backbone of 07): one row per set, ``feature_space`` naming it."""
+    import pandas as pd
+
+    ref = prepare_real(real_test, encoder, config)
+    rows = [evaluate_set(data, ref, encoder, name=name, config=config) for name, data in synthetic.items()]
+    rows.append(evaluate_set(control, ref, encoder, name=control_name, config=config))
+    return pd.DataFrame(rows)

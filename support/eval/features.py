@@ -2,7 +2,8 @@
 
 Every distribution metric (FD, KID, precision/recall, the Turing test, the privacy audit) works
 on an (N, D) feature matrix; where it comes from is an encoder with ``embed``. The default is the
-reference encoder trained on the dataset (``reference_encoder``); Inception-v3 (``inception``) and
+reference encoder trained on the dataset (``reference_encoder``); Inception-v3 (``inception``), an
+encoder folder of the downstream harness (07's DINO backbones: ``PretrainedEncoderFeatures``) and
 a torchxrayvision DenseNet loaded from a local file are alternatives.
 """
 
@@ -78,3 +79,29 @@ class TorchXRayVisionEncoder:
         x = (2.0 * x - 1.0) * 1024.0
         with torch.inference_mode():
             return self.model.features2(x).float().cpu()
+
+
+class PretrainedEncoderFeatures:
+    """An encoder folder of :mod:`support.downstream` (e.g. 07's DINO teacher backbone,
+    ``models/dino-<source>/encoder``) as a feature space: pooled features of images resized to
+    the size it was built for."""
+
+    def __init__(self, folder: str | os.PathLike, device: str = "auto"):
+        from support.devices import pick_device
+        from support.downstream.encoders import load_encoder_folder
+
+        encoder = load_encoder_folder(folder)
+        info = encoder.info
+        self.device = pick_device(device)
+        self.model = encoder.to(self.device)
+        self.resolution = info["config"].get("image_size")
+        where = info.get("source") or os.path.basename(os.path.dirname(os.path.abspath(folder)))
+        self.name = f"{info.get('method', info['encoder'])}:{where}"
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, torch.float32)
+        if self.resolution and x.shape[-2:] != (self.resolution, self.resolution):
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear",
+                              align_corners=False, antialias=True)
+        with torch.inference_mode():
+            return self.model.features(x).float().cpu()
