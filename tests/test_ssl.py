@@ -214,3 +214,13 @@ def test_an_imagenet_style_rgb_checkpoint_starts_the_gray_vit(tmp_path):
         load_vit_weights(start_backbone(CONFIG), tmp_path / "shallow.safetensors")
     with pytest.raises(ParameterError, match="init_weights"):
         dino_config("test", {"init_weights": str(tmp_path / "absent.safetensors")}).validate()
+
+
+def test_the_benchmark_times_both_loops_on_the_same_work():
+    from support.benchmarks.dino import run as benchmark
+
+    result = benchmark(profile="test", updates=2, warmup=1, repeats=1, device="cpu")
+    assert result["ours_images_per_s"] > 0 and result["lightly_example_images_per_s"] > 0
+    assert result["ratio_ours_over_lightly_example"] == pytest.approx(
+        result["ours_images_per_s"] / result["lightly_example_images_per_s"])
+    assert result["crops"] == "2 x 32 px + 2 x 16 px" and result["batch_size"] == 4

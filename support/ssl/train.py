@@ -165,6 +165,7 @@ class DINOJob:
     crops: dict = dataclasses.field(default_factory=dict)
     loss: dict = dataclasses.field(default_factory=dict)
     train: dict = dataclasses.field(default_factory=dict)
+    init_weights: str = ""          # a local timm ViT checkpoint to start from
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,12 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="accelerate launch -m support.ssl.train",
                                      description="DINO pretraining on the frontal images of a MIMIC-CXR-JPG-layout root.")
     parser.add_argument("--config", required=True, help="job YAML: output_dir, data, profile, split, backbone/head/"
-                                                        "crops/loss/train")
+                                                        "crops/loss/train, init_weights")
     args = parser.parse_args(argv)
     path = Path(args.config)
     job = from_mapping(DINOJob, read_yaml_mapping(path), source=str(path))
-    config = dino_config(job.profile, {k: getattr(job, k) for k in ("backbone", "head", "crops", "loss", "train")},
-                         source=str(path))
+    config = dino_config(job.profile, {k: getattr(job, k) for k in ("backbone", "head", "crops", "loss", "train",
+                                                                     "init_weights")}, source=str(path))
     records, _ = load_dataset("mimic-cxr-jpg", job.data)
     chosen = records[records["view"].isin(FRONTAL_VIEWS) & ((records["split"] == job.split) if job.split else True)]
     images = ImageDataset(chosen.reset_index(drop=True), size=config.crops.global_size, value_range=(0.0, 1.0))
