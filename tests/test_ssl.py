@@ -187,6 +187,31 @@ def test_the_judged_tasks_use_only_labels_the_data_can_score():
     assert plot_sources(nothing) is None
 
 
+def test_resident_task_data_decodes_each_item_once_and_keeps_the_records():
+    from support.ssl.evaluate import Resident
+
+    class Counting(Discs):
+        records = "the table"
+
+        def __init__(self):
+            super().__init__(n=4, size=8)
+            self.reads = 0
+
+        def __getitem__(self, i):
+            self.reads += 1
+            return super().__getitem__(i)
+
+    data = Counting()
+    resident = Resident(data)
+    for _ in range(3):      # three epochs
+        items = [resident[i] for i in range(len(resident))]
+    assert data.reads == 4 and len(resident) == 4
+    assert torch.equal(items[2]["image"], data.images[2])
+    assert resident.records == "the table"      # patient ids and labels are read from the table
+    with pytest.raises(AttributeError):
+        resident.missing
+
+
 def test_an_imagenet_style_rgb_checkpoint_starts_the_gray_vit(tmp_path):
     from safetensors.torch import save_file
     from timm.models.vision_transformer import VisionTransformer

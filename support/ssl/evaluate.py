@@ -20,6 +20,7 @@ import dataclasses
 from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
+import torch
 
 from support.downstream import DownstreamConfig, MultiLabelClassification, Segmentation, evaluate
 from support.params import Check, Checked
@@ -38,6 +39,8 @@ class JudgeConfig(Checked):
     protocols: tuple[str, ...] = ("linear", "finetune")
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     image_size: int = 224
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)   # segmentation: smp's U-Net decoder widths
+    resident_mb: int = 2048         # task data under this size stays in memory: every source reads it again
     downstream: DownstreamConfig = dataclasses.field(default_factory=DownstreamConfig)
 
     def checks(self) -> Iterable[Check]:
@@ -47,6 +50,31 @@ class JudgeConfig(Checked):
             "one or more of linear, finetune, knn"
         yield bool(self.fractions) and all(0 < f <= 1 for f in self.fractions), "fractions", "values in (0, 1]"
         yield self.image_size >= 8, "image_size", "at least 8 pixels"
+        yield bool(self.decoder_channels) and all(c > 0 for c in self.decoder_channels), "decoder_channels", \
+            "one or more positive widths"
+        yield self.resident_mb >= 0, "resident_mb", "0 (never) or more"
+
+
+class Resident(torch.utils.data.Dataset):
+    """A dataset whose items are kept after their first read: heads train for many epochs and every
+    source is judged on the same images, so each file is decoded once. Other attributes (``records``)
+    are the dataset's."""
+
+    def __init__(self, dataset):
+        self.dataset, self.items = dataset, {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        if index not in self.items:
+            self.items[index] = self.dataset[index]
+        return self.items[index]
+
+    def __getattr__(self, name: str):
+        if name in ("dataset", "items"):    # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 def pneumonia_labels(records: pd.DataFrame) -> pd.DataFrame:
@@ -81,7 +109,8 @@ def scorable_findings(train: pd.DataFrame, test: pd.DataFrame, candidates: Seque
     return kept, dropped
 
 
-def task_data(name: str, records: pd.DataFrame, size: int, findings: Sequence[str]):
+def task_data(name: str, records: pd.DataFrame, size: int, findings: Sequence[str],
+              decoder_channels: Sequence[int] = (256, 128, 64, 32, 16)):
     """(harness task, dataset builder) of one task name over a record table of frontal images."""
     from support.data.datasets import ImageDataset, MaskDataset
     from support.data.schema import ANATOMY_MASKS
@@ -97,9 +126,9 @@ def task_data(name: str, records: pd.DataFrame, size: int, findings: Sequence[st
                 raise ValueError(f"none of {len(rows)} images has a {ANATOMY_MASKS[0]!r} mask (a phantom written "
                                  "before anatomy masks existed: run 00_data again)")
             return data
-        return Segmentation(), lungs
+        return Segmentation(decoder_channels), lungs
     if name == "pneumothorax":
-        return Segmentation(), lambda rows: MaskDataset(rows, size=size, labels=["Pneumothorax"], unannotated="empty")
+        return Segmentation(decoder_channels), lambda rows: MaskDataset(rows, size=size, labels=["Pneumothorax"], unannotated="empty")
     raise ValueError(f"task {name!r}: expected one of {list(TASKS)}")
 
 
@@ -111,13 +140,16 @@ def judge(encoders: Mapping[str, object], train: pd.DataFrame, test: pd.DataFram
     from tqdm.auto import tqdm
 
     config = config.validate()
+    resident = (len(train) + len(test)) * config.image_size ** 2 * 8 <= config.resident_mb * 2 ** 20  # image + mask
+    data = {}
     rows = []
     plan = [(s, t, p) for s in encoders for t in config.tasks for p in config.protocols]
     for source, task_name, protocol in tqdm(plan, desc="downstream", unit="run", disable=not progress):
-        task, dataset = task_data(task_name, train, config.image_size, findings)
+        task, dataset = task_data(task_name, train, config.image_size, findings, config.decoder_channels)
         try:
-            table = evaluate(encoders[source], task, protocol, config.fractions, dataset(train), dataset(test),
-                             config.downstream)
+            if task_name not in data:
+                data[task_name] = [Resident(dataset(rows)) if resident else dataset(rows) for rows in (train, test)]
+            table = evaluate(encoders[source], task, protocol, config.fractions, *data[task_name], config.downstream)
         except ValueError as exc:       # the data cannot score this task: say so, report nothing
             print(f"{source} / {task_name} / {protocol}: not scored: {exc}")
             continue
@@ -165,8 +197,6 @@ def pretrain(sources: Mapping[str, object], config, models_dir, num_processes: i
     pretraining (initialised at ``config.train.seed``, or ``config.init_weights``): what pretraining
     is measured against."""
     from pathlib import Path
-
-    import torch
 
     from support.downstream.encoders import load_encoder_folder
     from support.ssl.train import ENCODER_DIR, launch_dino, start_backbone
