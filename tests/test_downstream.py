@@ -279,6 +279,25 @@ def test_a_training_subset_without_definite_labels_is_refused():
         train_reference_encoder(_unlabelled(train), recipe, name="unlabelled")
 
 
+def test_a_finding_with_too_few_of_a_class_is_not_scored():
+    from support.downstream.metrics import MIN_PER_CLASS, auroc_rows, f1_rows
+
+    rng = np.random.default_rng(0)
+    scores = rng.random((40, 1))
+    common = {"n_boot": 50, "seed": 0, "confidence": 0.95, "min_test": 10}
+    for positives, scored in ((MIN_PER_CLASS - 2, False), (MIN_PER_CLASS, True), (40 - MIN_PER_CLASS + 1, False)):
+        labels = np.zeros((40, 1))
+        labels[:positives] = 1
+        auroc = auroc_rows(labels, scores, ["A"], **common)[0]
+        assert np.isfinite(auroc["value"]) == scored, positives
+        if not scored:
+            assert auroc["reason"].startswith("too few samples: ") and f"{MIN_PER_CLASS} of each class" in auroc["reason"]
+        f1 = f1_rows(labels, scores, ["A"], threshold=0.5, **common)[0]
+        assert np.isfinite(f1["value"]) == (positives >= MIN_PER_CLASS)    # F1 needs positives, not negatives
+    assert "3 positives among 40" in auroc_rows(np.r_[np.ones(3), np.zeros(37)][:, None], scores, ["A"],
+                                                **common)[0]["reason"]
+
+
 def test_findings_that_cannot_be_scored_are_nan_with_a_reason():
     train, test = FindingsDataset(60, seed=71), FindingsDataset(30, seed=72, hide=0.0)
     encoder = random_net()
@@ -287,7 +306,7 @@ def test_findings_that_cannot_be_scored_are_nan_with_a_reason():
         evaluate(encoder, MultiLabelClassification(["No Finding"]), "knn", (1.0,), train,
                  FindingsDataset(20, seed=73, prevalence=0.0, hide=0.0), CONFIG)
     # in a mostly sick test set "No Finding" is all negative: NaN with its reason, while Cardiomegaly is scored
-    mostly_sick = FindingsDataset(30, seed=74, prevalence=0.95, hide=0.0)
+    mostly_sick = FindingsDataset(60, seed=75, prevalence=0.8, hide=0.0)
     assert not np.stack(mostly_sick.labels)[:, CHEXPERT_LABELS.index("No Finding")].any()
     table = evaluate(encoder, MultiLabelClassification(list(RENDERED) + ["No Finding"]), "knn", (1.0,), train,
                      mostly_sick, dataclasses.replace(CONFIG, k=5)).set_index("metric")

@@ -16,6 +16,9 @@ from .auroc import bootstrap_auroc, known_mask, per_finding_auroc
 # The MGCA detection protocol: mAP averaged over IoU 0.40, 0.45, ..., 0.75.
 MGCA_IOU_THRESHOLDS = tuple(round(0.40 + 0.05 * i, 2) for i in range(8))
 NAN = float("nan")
+# AUROC and F1 rank or count the rarer class: with fewer cases of it than this, one case moves the
+# value by more than a tenth (three positives give intervals like [0.03, 0.58]): not a result.
+MIN_PER_CLASS = 5
 
 
 def row(metric: str, value: float = NAN, ci: tuple[float, float] = (NAN, NAN), n_test: int = 0,
@@ -27,6 +30,16 @@ def row(metric: str, value: float = NAN, ci: tuple[float, float] = (NAN, NAN), n
 def too_few(n: int, minimum: int, what: str = "test images") -> str:
     """The reason a sample of ``n`` cannot carry a metric (empty when it can)."""
     return f"too few samples: {n} {what}, at least {minimum} needed" if n < minimum else ""
+
+
+def too_few_of_a_class(y: np.ndarray, negatives: bool = True) -> str:
+    """The reason definite 0/1 labels ``y`` hold too few positives (or negatives) for a ranking or
+    counting metric; empty when they hold enough."""
+    n_pos = int((y == 1).sum())
+    counts = {"positives": n_pos, "negatives": int(y.size - n_pos)} if negatives else {"positives": n_pos}
+    short = {what: n for what, n in counts.items() if n < MIN_PER_CLASS}
+    return "" if not short else ("too few samples: " + " and ".join(f"{n} {what}" for what, n in short.items())
+                                 + f" among {y.size} test labels, at least {MIN_PER_CLASS} of each class needed")
 
 
 def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, n_boot: int = 1000, seed: int = 0,
@@ -59,7 +72,8 @@ def auroc_rows(labels: np.ndarray, scores: np.ndarray, names: Sequence[str], *, 
         y = labels[known[:, j], j]
         n_pos = int(y.sum())
         reason = ((reasons or {}).get(name) or too_few(y.size, min_test, "test images with a definite label")
-                  or ("one class only in the test set (AUROC undefined)" if n_pos in (0, y.size) else ""))
+                  or ("one class only in the test set (AUROC undefined)" if n_pos in (0, y.size) else "")
+                  or too_few_of_a_class(y))
         if reason:
             rows.append(row(f"auroc:{name}", n_test=y.size, reason=reason))
             continue
@@ -89,7 +103,8 @@ def f1_rows(labels: np.ndarray, scores: np.ndarray, names: Sequence[str], *, thr
     for j, name in enumerate(names):
         y, p = labels[known[:, j], j], scores[known[:, j], j] > threshold
         reason = ((reasons or {}).get(name) or too_few(y.size, min_test, "test images with a definite label")
-                  or ("no positive in the test set (F1 undefined)" if not y.any() else ""))
+                  or ("no positive in the test set (F1 undefined)" if not y.any() else "")
+                  or too_few_of_a_class(y, negatives=False))
         if reason:
             rows.append(row(f"f1:{name}", n_test=y.size, reason=reason))
             continue

@@ -90,8 +90,11 @@ def pneumonia_labels(records: pd.DataFrame) -> pd.DataFrame:
 def scorable_findings(train: pd.DataFrame, test: pd.DataFrame, candidates: Sequence[str],
                       min_test: int) -> tuple[list[str], dict[str, str]]:
     """The candidate findings a multi-label head can learn and be scored on: a positive training
-    label, and at least ``min_test`` definite test labels holding both classes. Returns (kept,
+    label, and at least ``min_test`` definite test labels holding enough of both classes
+    (:data:`~support.downstream.metrics.MIN_PER_CLASS`). Returns (kept,
     {left-out finding: why}); the mean AUROC is over the kept findings, every one of them."""
+    from support.downstream.metrics import too_few_of_a_class
+
     kept, dropped = [], {}
     for name in candidates:
         if name not in train.columns:
@@ -104,6 +107,8 @@ def scorable_findings(train: pd.DataFrame, test: pd.DataFrame, candidates: Seque
             dropped[name] = f"too few samples: {len(y)} definite test labels, fewer than {min_test}"
         elif y.nunique() < 2:
             dropped[name] = "one class only among the test labels"
+        elif too_few_of_a_class(y.to_numpy()):
+            dropped[name] = too_few_of_a_class(y.to_numpy())
         else:
             kept.append(name)
     return kept, dropped
