@@ -187,6 +187,19 @@ def test_the_judged_tasks_use_only_labels_the_data_can_score():
     assert plot_sources(nothing) is None
 
 
+def test_a_run_whose_loss_settles_at_ln_k_is_called_a_uniform_collapse():
+    import math
+
+    from support.ssl.train import uniform_collapse
+
+    k = 512
+    # the loss measured in a 300-update run at the published Adam lr 1e-3: up from 4.4 to ln 512
+    assert uniform_collapse([4.37, 6.0, 6.22] + [math.log(k)] * 27, k)
+    assert not uniform_collapse([6.2, 5.9, 5.5] + [5.0] * 27, k)       # learning: below ln K
+    assert not uniform_collapse([4.37, 6.0, 6.22] + [math.log(k)] * 27, 4096)
+    assert not uniform_collapse([], k)
+
+
 def test_resident_task_data_decodes_each_item_once_and_keeps_the_records():
     from support.ssl.evaluate import Resident
 

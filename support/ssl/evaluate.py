@@ -17,6 +17,7 @@ fraction, cells = the task's headline metric with its interval.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
@@ -204,7 +205,7 @@ def pretrain(sources: Mapping[str, object], config, models_dir, num_processes: i
     from pathlib import Path
 
     from support.downstream.encoders import load_encoder_folder
-    from support.ssl.train import ENCODER_DIR, launch_dino, start_backbone
+    from support.ssl.train import ENCODER_DIR, launch_dino, start_backbone, uniform_collapse
 
     encoders = {}
     for name, images in sources.items():
@@ -213,8 +214,13 @@ def pretrain(sources: Mapping[str, object], config, models_dir, num_processes: i
             encoders[name] = start_backbone(config).eval()
             continue
         out = Path(models_dir) / f"dino-{name}"
-        launch_dino(config, images, out, source=name, num_processes=num_processes)
+        history = launch_dino(config, images, out, source=name, num_processes=num_processes)
         encoders[name] = load_encoder_folder(out / ENCODER_DIR)
+        encoders[name].info["uniform_collapse"] = uniform_collapse(history["loss"], config.head.prototypes)
+        if encoders[name].info["uniform_collapse"]:
+            warnings.warn(f"DINO on {name!r} ended in uniform collapse (loss {history['loss'][-1]:.3f} = ln "
+                          f"{config.head.prototypes}): its encoder stands for no pretraining, whatever it scores",
+                          stacklevel=2)
     return encoders
 
 

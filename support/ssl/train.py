@@ -151,6 +151,19 @@ def launch_dino(config: DINOConfig, images, output_dir: str | os.PathLike, sourc
     return trainer.launch(DINOTask(config, images, source), config, output_dir, num_processes, port)
 
 
+def uniform_collapse(losses, prototypes: int, tolerance: float = 0.01) -> bool:
+    """Whether a run ended in DINO's uniform collapse: the centred teacher spreads evenly over the
+    prototypes and the student matches it, so the loss sits at ln(prototypes) and the backbone has
+    stopped telling images apart. Judged on the mean of the last tenth of the updates."""
+    import math
+
+    losses = [float(v) for v in losses]
+    if not losses:
+        return False
+    tail = losses[-max(1, len(losses) // 10):]
+    return abs(sum(tail) / len(tail) - math.log(prototypes)) <= tolerance * math.log(prototypes)
+
+
 # ------------------------------------------------------------------------------------ CLI
 @dataclasses.dataclass
 class DINOJob:
