@@ -187,6 +187,19 @@ def test_the_judged_tasks_use_only_labels_the_data_can_score():
     assert plot_sources(nothing) is None
 
 
+def test_07s_overrides_reach_the_config_and_its_budget_is_shared():
+    from support.ssl.config import notebook_config
+
+    config = notebook_config("quick", seed=3, pretrain_steps=300,
+                             overrides={"head": {"prototypes": 128}, "train": {"momentum_start": 0.99, "seed": 9}})
+    assert config.head.prototypes == 128 and config.head.hidden_dim == 256      # the rest stays the preset's
+    assert (config.train.momentum_start, config.train.max_steps, config.train.epochs) == (0.99, 300, None)
+    assert config.train.seed == 3                                              # the notebook's seed wins
+    assert notebook_config("quick").train.epochs == 6                          # no budget: the preset's epochs
+    with pytest.raises(ValueError, match="dino_overrides"):
+        notebook_config("quick", overrides={"head": {"protoypes": 128}})
+
+
 def test_a_run_whose_loss_settles_at_ln_k_is_called_a_uniform_collapse():
     import math
 

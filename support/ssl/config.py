@@ -149,3 +149,18 @@ PROFILES: dict[str, DINOConfig] = {
 }
 
 dino_config = profile_reader(PROFILES, "DINO")
+
+
+def notebook_config(profile: str, seed: int = 0, pretrain_steps: int = 0, init_weights: str = "",
+                    overrides: dict | None = None) -> DINOConfig:
+    """07's DINO: the profile, then ``overrides`` (nested, e.g. ``{"head": {"prototypes": 128}}``),
+    then the notebook's own seed, update budget (``pretrain_steps`` > 0 replaces the epochs) and
+    start weights, which every source shares."""
+    overrides = dict(overrides or {})
+    train = {**overrides.pop("train", {}), "seed": seed}
+    if pretrain_steps:
+        train.update(max_steps=pretrain_steps, epochs=None)
+    if init_weights:
+        overrides["init_weights"] = init_weights
+    return dino_config(profile, {**overrides, "train": train}, source="07_ssl_dino.dino_overrides")
+
