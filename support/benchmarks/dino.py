@@ -15,7 +15,6 @@ each measurement repeated and the median kept, so load from other processes hits
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import platform
@@ -75,32 +74,20 @@ class _Views(torch.utils.data.Dataset):
 
 def lightly_example_rate(config, images, updates: int, warmup: int, device: torch.device) -> float:
     """Images/s of lightly's example loop over ``updates`` updates after ``warmup``."""
-    from lightly.loss import DINOLoss
-    from lightly.models.modules import DINOProjectionHead
     from lightly.models.utils import deactivate_requires_grad, update_momentum
     from lightly.utils.scheduler import cosine_schedule
 
-    from support.downstream import build_encoder
     from support.ssl.data import dino_transform
+    from support.ssl.train import dino_loss, dino_network
 
     c, t = config, config.train
-    student_backbone = build_encoder("vit", c.backbone)
-    student_head = DINOProjectionHead(student_backbone.feature_dim, c.head.hidden_dim, c.head.bottleneck_dim,
-                                      c.head.prototypes, batch_norm=c.head.batch_norm,
-                                      freeze_last_layer=c.head.freeze_last_layer_epochs)
-    teacher_backbone = copy.deepcopy(student_backbone)
-    teacher_head = DINOProjectionHead(student_backbone.feature_dim, c.head.hidden_dim, c.head.bottleneck_dim,
-                                      c.head.prototypes, batch_norm=c.head.batch_norm)
-    teacher_head.load_state_dict(student_head.state_dict())      # their deepcopy; weight norm refuses one
-    deactivate_requires_grad(teacher_backbone)
-    deactivate_requires_grad(teacher_head)
-    for module in (student_backbone, student_head, teacher_backbone, teacher_head):
-        module.to(device)
-    criterion = DINOLoss(output_dim=c.head.prototypes, warmup_teacher_temp=c.loss.warmup_teacher_temp,
-                         teacher_temp=c.loss.teacher_temp, warmup_teacher_temp_epochs=c.loss.warmup_teacher_temp_epochs,
-                         student_temp=c.loss.student_temp, center_momentum=c.loss.center_momentum).to(device)
-    params = list(student_backbone.parameters()) + list(student_head.parameters())
-    optimizer = torch.optim.Adam(params, lr=t.learning_rate)
+    student, teacher = dino_network(c), dino_network(c)
+    teacher.load_state_dict(student.state_dict())      # their deepcopy; weight norm refuses one
+    deactivate_requires_grad(teacher)
+    student.to(device)
+    teacher.to(device)
+    criterion = dino_loss(c).to(device)
+    optimizer = torch.optim.Adam(student.parameters(), lr=t.learning_rate)
     loader = torch.utils.data.DataLoader(_Views(images, dino_transform(c.crops)), batch_size=t.batch_size,
                                          shuffle=True, drop_last=True, num_workers=t.num_workers)
     total, times, epoch = warmup + updates, [], 0
@@ -108,14 +95,13 @@ def lightly_example_rate(config, images, updates: int, warmup: int, device: torc
     while len(times) < total:
         momentum = cosine_schedule(epoch, 100, t.momentum_start, t.momentum_end)
         for views, _ in loader:
-            update_momentum(student_backbone, teacher_backbone, m=momentum)
-            update_momentum(student_head, teacher_head, m=momentum)
+            update_momentum(student, teacher, m=momentum)
             views = [v.to(device) for v in views]
-            teacher_out = [teacher_head(teacher_backbone(v)) for v in views[:2]]
-            student_out = [student_head(student_backbone(v)) for v in views]
+            teacher_out = [teacher(v) for v in views[:2]]
+            student_out = [student(v) for v in views]
             loss = criterion(teacher_out, student_out, epoch=epoch)
             loss.backward()
-            student_head.cancel_last_layer_gradients(current_epoch=epoch)
+            student.head.cancel_last_layer_gradients(current_epoch=epoch)
             optimizer.step()
             optimizer.zero_grad()
             if device.type == "cuda":

@@ -53,6 +53,27 @@ def start_backbone(config: DINOConfig) -> torch.nn.Module:
     return backbone
 
 
+def dino_network(config: DINOConfig) -> Student:
+    """The starting backbone under lightly's ``DINOProjectionHead`` (prototypes frozen for
+    ``head.freeze_last_layer_epochs``)."""
+    from lightly.models.modules import DINOProjectionHead
+
+    backbone, head = start_backbone(config), config.head
+    return Student(backbone, DINOProjectionHead(backbone.feature_dim, head.hidden_dim, head.bottleneck_dim,
+                                                head.prototypes, batch_norm=head.batch_norm,
+                                                freeze_last_layer=head.freeze_last_layer_epochs))
+
+
+def dino_loss(config: DINOConfig):
+    """lightly's ``DINOLoss`` with the config's temperatures and centre momentum."""
+    from lightly.loss import DINOLoss
+
+    c = config.loss
+    return DINOLoss(output_dim=config.head.prototypes, warmup_teacher_temp=c.warmup_teacher_temp,
+                    teacher_temp=c.teacher_temp, warmup_teacher_temp_epochs=c.warmup_teacher_temp_epochs,
+                    student_temp=c.student_temp, center_momentum=c.center_momentum)
+
+
 def collate_views(items: list[list[torch.Tensor]]) -> list[torch.Tensor]:
     """Items of views -> one batch per view."""
     return [torch.stack(views) for views in zip(*items)]
@@ -69,28 +90,14 @@ class DINOTask(trainer.Task):
         self.train_set = MultiCropImages(images, config.crops, seed=config.train.seed, name=source)
 
     def setup(self) -> trainer.Parts:
-        from lightly.loss import DINOLoss
-        from lightly.models.modules import DINOProjectionHead
         from lightly.models.utils import deactivate_requires_grad
 
-        c = self.config
-
-        def network() -> Student:
-            backbone = start_backbone(c)
-            return Student(backbone, DINOProjectionHead(
-                backbone.feature_dim, c.head.hidden_dim, c.head.bottleneck_dim, c.head.prototypes,
-                batch_norm=c.head.batch_norm, freeze_last_layer=c.head.freeze_last_layer_epochs))
-
-        self.student = network()
-        self.teacher = network()   # a second build, not a deep copy: the head's weight norm cannot be copied
+        self.student = dino_network(self.config)
+        self.teacher = dino_network(self.config)   # a second build: the head's weight norm refuses a deep copy
         self.teacher.load_state_dict(self.student.state_dict())
         deactivate_requires_grad(self.teacher)
         self.teacher.to(self.ctx.device)
-        self.criterion = DINOLoss(output_dim=c.head.prototypes, warmup_teacher_temp=c.loss.warmup_teacher_temp,
-                                  teacher_temp=c.loss.teacher_temp,
-                                  warmup_teacher_temp_epochs=c.loss.warmup_teacher_temp_epochs,
-                                  student_temp=c.loss.student_temp,
-                                  center_momentum=c.loss.center_momentum).to(self.ctx.device)
+        self.criterion = dino_loss(self.config).to(self.ctx.device)
         return trainer.Parts(models=[self.student])
 
     def loss(self, batch: list[torch.Tensor], step: trainer.Step) -> torch.Tensor:
