@@ -55,6 +55,21 @@ def test_the_published_head_and_loss_are_lightlys():
     assert all(not p.requires_grad for p in task.teacher.parameters())
 
 
+def test_the_small_data_recipe_reaches_lightlys_head():
+    """quick's head: batch norm and prototypes of free norm; full keeps DINO's fixed-norm prototypes."""
+    def head(profile):
+        task = DINOTask(dino_config(profile), Discs())
+        task.ctx = types.SimpleNamespace(device=torch.device("cpu"))
+        task.setup()
+        return task.student.head
+
+    quick, full = head("quick"), head("full")
+    assert quick.last_layer.weight_g.requires_grad and not full.last_layer.weight_g.requires_grad
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in quick.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in full.modules())
+    assert quick.last_layer.weight_v.shape[0] == 64 and dino_config("quick").train.momentum_start == 0.99
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A test-profile run that records, after every update, the student, the teacher and the prototypes."""

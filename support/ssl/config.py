@@ -6,6 +6,23 @@
 and 6 local crops of 96 px (0.05-0.4); Adam, lr 1e-3, batch 32, 500 epochs; teacher momentum
 cosine 0.996 -> 1. ``quick`` and ``test`` are a small ViT at 64 and 32 px on the same code path.
 
+The published values assume ImageNet-scale runs: hundreds of thousands of updates on varied
+images. Hundreds of updates on a few hundred similar radiographs end in DINO's uniform collapse
+with them (the loss climbs to ln K within 30 updates and the encoder stays at its random start,
+for real and synthetic images alike). ``quick`` therefore takes DINO's and lightly's own options
+for small data, each for a reason:
+- batch norm in the head (lightly's ``batch_norm``, as its ResNet recipes): similar images give
+  head outputs that differ little from the batch mean, so the centred teacher is flat;
+- prototypes of free norm (DINO's ``norm_last_layer=False``) and 64 of them: faster learning, and
+  a few hundred images hold few modes;
+- teacher momentum from 0.99: at 0.996 the teacher averages 250 updates, most of a short run;
+- Adam at 5e-4, half the published rate, for a small ViT trained from scratch;
+- crops of 0.5-1 (global) and 0.2-0.5 (local) of the image, no solarization: a 5 % crop of a
+  64 px image is a 14 px patch of texture.
+Measured on a 500-patient phantom, 1,000 updates: loss 3.73 against ln 64 = 4.16, findings
+linear-probe AUROC 0.60 against 0.56 at random init, pneumonia 0.63 against 0.51; the published
+values at the same size and budget: loss at ln K, no gain.
+
 Grayscale radiographs take DINO's augmentations deliberately:
 - kept: random resized crops, brightness and contrast jitter (exposure and window vary between
   films), Gaussian blur (focus and detector blur), solarization (an intensity inversion, as
@@ -34,6 +51,7 @@ class HeadConfig(Checked):
     prototypes: int = 2048
     freeze_last_layer_epochs: int = 1          # the prototypes stay fixed this many epochs
     batch_norm: bool = False
+    norm_last_layer: bool = True               # prototypes of fixed norm (DINO's ViT default); False learns faster
 
     def checks(self) -> Iterable[Check]:
         yield self.hidden_dim > 0 and self.bottleneck_dim > 0, "hidden_dim", "positive (and bottleneck_dim too)"
@@ -134,11 +152,12 @@ PROFILES: dict[str, DINOConfig] = {
     # A small ViT at 64 px for the CPU demo; the same code path as ``full``.
     "quick": DINOConfig(
         backbone=ViTConfig(image_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3),
-        head=HeadConfig(hidden_dim=256, bottleneck_dim=64, prototypes=512),
-        crops=CropConfig(global_size=64, local_size=32, local_views=2),
+        head=HeadConfig(hidden_dim=256, bottleneck_dim=64, prototypes=64, batch_norm=True, norm_last_layer=False),
+        crops=CropConfig(global_size=64, global_scale=(0.5, 1.0), local_size=32, local_scale=(0.2, 0.5),
+                         local_views=2, solarization_prob=0.0),
         loss=LossConfig(warmup_teacher_temp_epochs=2),
-        train=DINOTrainConfig(epochs=6, batch_size=32, checkpoint_every=200, checkpoints_total_limit=1,
-                              log_every=5)),
+        train=DINOTrainConfig(epochs=6, batch_size=32, learning_rate=5e-4, momentum_start=0.99,
+                              checkpoint_every=200, checkpoints_total_limit=1, log_every=5)),
     "test": DINOConfig(
         backbone=ViTConfig(image_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2),
         head=HeadConfig(hidden_dim=32, bottleneck_dim=16, prototypes=64),

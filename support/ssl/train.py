@@ -61,6 +61,7 @@ def dino_network(config: DINOConfig) -> Student:
     backbone, head = start_backbone(config), config.head
     return Student(backbone, DINOProjectionHead(backbone.feature_dim, head.hidden_dim, head.bottleneck_dim,
                                                 head.prototypes, batch_norm=head.batch_norm,
+                                                norm_last_layer=head.norm_last_layer,
                                                 freeze_last_layer=head.freeze_last_layer_epochs))
 
 
