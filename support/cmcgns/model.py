@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-
+import math
 
 import torch
 import torch.nn as nn
