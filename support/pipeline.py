@@ -367,9 +367,24 @@ def publish_notebook(partial: Path, output: Path) -> None:
     except ValueError:  # JSON or UTF-8 cut short
         whole = False
     if whole:
+        coalesce_progress(partial)
         os.replace(partial, output)
     else:
         partial.unlink(missing_ok=True)
+
+
+def coalesce_progress(path: Path) -> None:
+    """Merge each cell's consecutive stream outputs and keep only what a terminal would show after
+    carriage returns (nbconvert's ``CoalesceStreamsPreprocessor``): a progress bar's hundreds of
+    updates become its final line, in the stored notebook and its HTML alike."""
+    import nbformat
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
+
+    nb = nbformat.read(str(path), as_version=4)
+    nb, _ = CoalesceStreamsPreprocessor().preprocess(nb, {})
+    staged = path.with_name(path.name + ".coalesced")
+    nbformat.write(nb, str(staged))
+    os.replace(staged, path)
 
 
 def record_outcome(paths: RunPaths, manifest: dict, entry: dict) -> list[str]:

@@ -124,3 +124,20 @@ def test_notebook_without_parameters_cell_is_refused(fixture_notebooks):
     (fixture_notebooks / "00_first.ipynb").write_text(json.dumps(nb))
     with pytest.raises(PipelineError, match="parameters"):
         pipeline.discover(fixture_notebooks)
+
+
+def test_a_progress_bar_is_stored_as_its_last_line(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("train()")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text=f"\rtrain: {i}/100") for i in range(101)]
+    cell.outputs += [nbformat.v4.new_output("stream", name="stderr", text="\n"),
+                     nbformat.v4.new_output("stream", name="stdout", text="done\n")]
+    nb.cells = [cell]
+    partial, output = tmp_path / ".x.partial.ipynb", tmp_path / "x.ipynb"
+    nbformat.write(nb, str(partial))
+    pipeline.publish_notebook(partial, output)
+    outputs = nbformat.read(str(output), as_version=4).cells[0].outputs
+    assert [(o.name, o.text) for o in outputs] == [("stderr", "train: 100/100\n"), ("stdout", "done\n")]
+    assert not partial.exists()
