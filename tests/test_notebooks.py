@@ -69,3 +69,9 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     evaluation = json.loads((root / "metrics" / "06_evaluation.json").read_text())
     name = t2i_root.name
     assert f"{name}.fd" in evaluation and f"{name}.cond_auroc_mean" in evaluation
+    # 08: both ablations on the real split and on the report-carrying T2I-LoRA set, not on the DDPM's
+    cmcgns = json.loads((root / "metrics" / "08_cmcgns_pretrain.json").read_text())
+    assert set(cmcgns["sources"]) == {"real", name} and cmcgns["sources"][name] == 6
+    assert list(cmcgns["not_sources"]) == [p.name for p in (root / "samples").iterdir() if p.name.startswith("ddpm")]
+    for run in ("global|real", f"cmcgns|{name}"):
+        assert (Path(cmcgns["encoders"][run]) / "encoder.safetensors").is_file()

@@ -3,7 +3,7 @@ guided), then stage 2 (the same plus CM-MIR), each resumable in its own folder; 
 from stage 1's weights. What downstream tasks use is the image encoder, exported as an encoder
 folder of :mod:`support.downstream`.
 
-From a notebook: :func:`pretrain`.
+From a notebook: :func:`pretrain` (one or more processes).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def report_tokenizer(config: CMCGNSConfig, records: pd.DataFrame, output_dir: st
 
 
 def pretrain(config: CMCGNSConfig, records: pd.DataFrame, output_dir: str | os.PathLike, source: str = "pairs",
-             progress: bool = True) -> dict[str, dict]:
+             num_processes: int = 1, progress: bool = True) -> dict[str, dict]:
     """Stage 1, then stage 2, on the frontal image-report pairs of ``records``; returns each stage's
     history. Writes ``tokenizer/``, ``stage1/``, ``stage2/`` (the trainer's folders) and
     ``encoder/`` (the final image encoder, :func:`~support.downstream.encoders.load_encoder_folder`)."""
@@ -111,11 +111,11 @@ def pretrain(config: CMCGNSConfig, records: pd.DataFrame, output_dir: str | os.P
         raise ValueError(f"CM-CGNS on {source}: no frontal image with a usable report among {len(records)} records "
                          f"({dict(pairs.summary.excluded)})")
     two = config.train.has_stage2
-    histories = {"stage1": trainer.fit(CMCGNSTask(config, pairs, 1, export_dir=None if two else out, source=source),
-                                       config, out / "stage1", progress=progress)}
+    histories = {"stage1": trainer.launch(CMCGNSTask(config, pairs, 1, export_dir=None if two else out, source=source),
+                                          config, out / "stage1", num_processes, progress=progress)}
     if two:
         stage2 = dataclasses.replace(config, train=config.train.stage2())
-        histories["stage2"] = trainer.fit(CMCGNSTask(stage2, pairs, 2, start=out / "stage1" / NETWORK,
-                                                     export_dir=out, source=source), stage2, out / "stage2",
-                                          progress=progress)
+        histories["stage2"] = trainer.launch(CMCGNSTask(stage2, pairs, 2, start=out / "stage1" / NETWORK,
+                                                        export_dir=out, source=source), stage2, out / "stage2",
+                                             num_processes, progress=progress)
     return histories
