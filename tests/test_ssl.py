@@ -180,7 +180,7 @@ def test_the_judged_tasks_use_only_labels_the_data_can_score():
     import numpy as np
     import pandas as pd
 
-    from support.ssl.evaluate import plot_sources, pneumonia_labels, scorable_findings
+    from support.downstream.suite import plot_sources, pneumonia_labels, scorable_findings
 
     nan = np.nan
     rows = pd.DataFrame({"Pneumonia": [1, nan, nan, 0, -1], "No Finding": [nan, 1, nan, nan, nan]})
@@ -229,7 +229,7 @@ def test_a_run_whose_loss_settles_at_ln_k_is_called_a_uniform_collapse():
 
 
 def test_resident_task_data_decodes_each_item_once_and_keeps_the_records():
-    from support.ssl.evaluate import Resident
+    from support.downstream.suite import Resident
 
     class Counting(Discs):
         records = "the table"
