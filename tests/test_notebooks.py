@@ -75,3 +75,8 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     assert list(cmcgns["not_sources"]) == [p.name for p in (root / "samples").iterdir() if p.name.startswith("ddpm")]
     for run in ("global|real", f"cmcgns|{name}"):
         assert (Path(cmcgns["encoders"][run]) / "encoder.safetensors").is_file()
+    # 09: 08's encoders beside a random start and the reference encoder, on one table
+    downstream = json.loads((root / "metrics" / "09_cmcgns_downstream.json").read_text())
+    assert set(downstream["encoders"]) == {"global|real", f"global|{name}", "cmcgns|real", f"cmcgns|{name}",
+                                           "random", "reference"}
+    assert any(k.startswith("cmcgns|real|covidx|linear") for k in downstream["headline"])
