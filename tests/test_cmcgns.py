@@ -121,3 +121,20 @@ def test_no_usable_pair_is_a_clear_error(records, tmp_path):
     blank = records.assign(findings="", impression="")
     with pytest.raises(ValueError, match="findings"):
         pretrain(cmcgns_config("test"), blank, tmp_path, progress=False)
+
+
+def test_the_benchmark_times_both_formulations_on_the_same_network():
+    from support.benchmarks import cmcgns as bench
+
+    config = cmcgns_config("test")
+    batch, vocab = bench.batch_of(config, 6)
+    assert batch["image"].shape[0] == 6 and int((batch["sentence_index"].amax(1) + 1).sum()) == sum(4 + i % 4
+                                                                                                  for i in range(6))
+    from support.cmcgns.model import CMCGNS
+    net = CMCGNS(config, vocab)
+    looped = bench.looped_losses(net, batch)
+    assert torch.isfinite(looped) and looped.requires_grad
+    result = bench.run("test", batch_size=6, updates=1, warmup=0, repeats=1)
+    assert result["ours_images_per_s"] > 0 and result["original_loops_images_per_s"] > 0
+    assert result["ratio_ours_over_original"] == pytest.approx(result["ours_images_per_s"] /
+                                                               result["original_loops_images_per_s"])
