@@ -138,3 +138,39 @@ def test_the_benchmark_times_both_formulations_on_the_same_network():
     assert result["ours_images_per_s"] > 0 and result["original_loops_images_per_s"] > 0
     assert result["ratio_ours_over_original"] == pytest.approx(result["ours_images_per_s"] /
                                                                result["original_loops_images_per_s"])
+
+
+TWO_PROCESSES = '''
+import json, sys
+from support.cmcgns.config import cmcgns_config
+from support.cmcgns.train import pretrain
+from support.data.adapters import load_dataset
+from support.phantom import PhantomConfig, generate_phantom
+
+root, out = sys.argv[1], sys.argv[2]
+generate_phantom(root, PhantomConfig(n_patients=16, image_size=32, seed=2, lateral_share=0.0, text_share=0.0),
+                 workers=1, progress=False)
+records = load_dataset("mimic-cxr-jpg", root)[0]
+histories = pretrain(cmcgns_config("test"), records[records["split"] == "train"], out, num_processes=2,
+                     progress=False)
+json.dump({k: v["step"] for k, v in histories.items()}, open(out + "/steps.json", "w"))
+'''
+
+
+def test_pretraining_runs_on_two_gloo_processes(tmp_path):
+    """Every part either learns or is frozen in its stage (DDP waits for no gradient that never comes),
+    and the k-means synchronisation runs inside the processes' forward passes."""
+    import subprocess
+    import sys
+
+    from launch import ENV
+
+    script = tmp_path / "two.py"
+    script.write_text(TWO_PROCESSES)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "phantom"), str(out)], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert json.loads((out / "steps.json").read_text()) == {"stage1": [1, 2, 3], "stage2": [1, 2]}
+    assert (out / "encoder" / "encoder.safetensors").is_file()

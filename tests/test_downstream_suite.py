@@ -19,10 +19,11 @@ torch.set_num_threads(1)
 
 def test_covidx_classes_follow_the_source_or_the_findings():
     nan = np.nan
-    rows = pd.DataFrame({"source_labels": [["COVID-19"], [], [], [], [], ["normal"]],
-                         "Pneumonia": [nan, 1, nan, nan, 0, nan], "No Finding": [nan, nan, 1, nan, nan, nan],
-                         "Cardiomegaly": [nan, nan, nan, 1, nan, nan]})
-    assert covidx_classes(rows).tolist() == ["covid-19", "pneumonia", "normal", "other", "", "normal"]
+    rows = pd.DataFrame({"source_labels": [["COVID-19"], [], [], [], [], ["normal"], ["positive"], ["negative"]],
+                         "Pneumonia": [nan, 1, nan, nan, 0, nan, nan, nan],
+                         "No Finding": [nan, nan, 1, nan, nan, nan, nan, nan],
+                         "Cardiomegaly": [nan, nan, nan, 1, nan, nan, nan, nan]})
+    assert covidx_classes(rows).tolist() == ["covid-19", "pneumonia", "normal", "other", "", "normal", "covid-19", ""]
 
 
 def test_boxes_are_renamed_to_the_tasks_class_and_others_dropped():

@@ -167,6 +167,16 @@ class CMCGNS(nn.Module):
         if c.reconstructs:
             self.decoder = MIRDecoder(d, self.stride, c.decoder_width)
 
+    def idle_parts(self, stage: int) -> list[nn.Module]:
+        """Parts no loss of ``stage`` reaches (frozen then, so that distributed training does not wait
+        for their gradients): the decoder before stage 2, local projections in ``global``."""
+        idle = []
+        if self.config.loss.reconstructs and stage < 2:
+            idle.append(self.decoder)
+        if not self.config.loss.local:
+            idle.append(self.local_image)
+        return idle
+
     # ---------------------------------------------------------------- encoders
     def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """(global (B, D), local tokens (B, P, D), grid (h, w))."""

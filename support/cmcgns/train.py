@@ -45,6 +45,8 @@ class CMCGNSTask(trainer.Task):
         self.network = CMCGNS(self.config, len(self.train_set.tokenizer))
         if self.start:
             self.network.load_state_dict(load_state_dict(self.start))
+        for part in self.network.idle_parts(self.stage):
+            part.requires_grad_(False)
         return trainer.Parts(models=[self.network])
 
     def loss(self, batch: dict[str, torch.Tensor], step: trainer.Step):

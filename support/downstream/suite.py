@@ -151,13 +151,16 @@ def scorable_findings(train: pd.DataFrame, test: pd.DataFrame, candidates: Seque
 
 def covidx_classes(records: pd.DataFrame) -> pd.Series:
     """COVIDx's 3 classes of each record. A COVIDx record keeps its own (normal, pneumonia,
-    COVID-19, from ``source_labels``); elsewhere the phantom's equivalent: ``normal`` ("No
+    COVID-19, from ``source_labels``; a later release's "positive" is COVID-19, its "negative"
+    says too little and falls back to the findings); elsewhere the phantom's equivalent: ``normal`` ("No
     Finding"), ``pneumonia`` (Pneumonia positive) or ``other`` (another finding positive); a record
     that is none of these definitely is left unlabelled ("")."""
     from support.data.schema import CHEXPERT_LABELS
 
     def one(rec) -> str:
         own = [s.lower() for s in (rec.get("source_labels") or []) if isinstance(s, str)]
+        if "positive" in own:           # COVIDx 9B and later: COVID-19 positive / negative only
+            return "covid-19"
         for name in ("covid-19", "pneumonia", "normal"):
             if name in own:
                 return name
