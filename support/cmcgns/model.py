@@ -179,10 +179,11 @@ class CMCGNS(nn.Module):
 
     # ---------------------------------------------------------------- encoders
     def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-        """(global (B, D), local tokens (B, P, D), grid (h, w))."""
+        """(global (B, D), local tokens (B, P, D), or None in ``global`` where no loss reads them, grid (h, w))."""
         last = self.image_encoder.feature_maps(image)[-1]
         tokens = spatial_tokens(last)
-        return self.global_image(self.image_pool(tokens)), self.local_image(tokens), tuple(last.shape[-2:])
+        local = self.local_image(tokens) if self.config.loss.local else None
+        return self.global_image(self.image_pool(tokens)), local, tuple(last.shape[-2:])
 
     def encode_report(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, sentence_index: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
