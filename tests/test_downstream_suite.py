@@ -74,11 +74,13 @@ def test_the_judge_scores_09s_tasks_or_says_why(frontal, capsys):
     train, test = frontal[frontal["split"] != "test"], frontal[frontal["split"] == "test"]
     encoders = {"random": build_encoder("resnet18")}
     config = JudgeConfig(tasks=("covidx", "opacity", "opacity_masks", "foreign_objects"), protocols=("linear",),
-                         fractions=(1.0,), image_size=32, decoder_channels=(16, 8, 8, 8), detector_channels=32,
-                         downstream=DownstreamConfig(n_boot=10, min_test=2))
+                         fractions=(0.5, 1.0), dense_fractions=(1.0,), image_size=32, decoder_channels=(16, 8, 8, 8),
+                         detector_channels=32, downstream=DownstreamConfig(n_boot=10, min_test=2))
     long = judge(encoders, train, test, config, progress=False)
     scored = long[long["metric"] == long["task"].map(HEADLINE)]
     assert set(scored["task"]) <= set(config.tasks) and "covidx" in set(scored["task"])
+    fractions = scored.groupby("task")["fraction"].agg(lambda f: sorted(set(f)))
+    assert all(fractions[t] == ([0.5, 1.0] if t == "covidx" else [1.0]) for t in fractions.index), fractions
     for r in scored.itertuples():
         assert (np.isfinite(r.value) and 0 <= r.value <= 1) or r.reason, r
     missing = set(config.tasks) - set(scored["task"])

@@ -50,6 +50,7 @@ class JudgeConfig(Checked):
     tasks: tuple[str, ...] = ("pneumonia", "findings", "lungs", "pneumothorax")
     protocols: tuple[str, ...] = ("linear", "finetune")
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
+    dense_fractions: tuple[float, ...] = ()     # segmentation and detection (minutes per head on CPU); empty: fractions
     image_size: int = 224
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)   # segmentation: smp's U-Net decoder widths
     detector_channels: int = 64     # detection: the FCOS head's width (a multiple of 32)
@@ -62,6 +63,7 @@ class JudgeConfig(Checked):
         yield bool(self.protocols) and set(self.protocols) <= {"linear", "finetune", "knn"}, "protocols", \
             "one or more of linear, finetune, knn"
         yield bool(self.fractions) and all(0 < f <= 1 for f in self.fractions), "fractions", "values in (0, 1]"
+        yield all(0 < f <= 1 for f in self.dense_fractions), "dense_fractions", "values in (0, 1], or empty"
         yield self.image_size >= 8, "image_size", "at least 8 pixels"
         yield bool(self.decoder_channels) and all(c > 0 for c in self.decoder_channels), "decoder_channels", \
             "one or more positive widths"
@@ -245,7 +247,8 @@ def judge(encoders: Mapping[str, object], train: pd.DataFrame, test: pd.DataFram
                                       config.decoder_channels, config.detector_channels)
             if task_name not in data:
                 data[task_name] = [Resident(dataset(rows)) if resident else dataset(rows) for rows in (train, test)]
-            table = evaluate(encoders[source], task, protocol, config.fractions, *data[task_name], config.downstream)
+            fractions = config.dense_fractions if task.dense and config.dense_fractions else config.fractions
+            table = evaluate(encoders[source], task, protocol, fractions, *data[task_name], config.downstream)
         except ValueError as exc:       # the data cannot score this task: say so, report nothing
             print(f"{source} / {task_name} / {protocol}: not scored: {exc}")
             continue
