@@ -30,8 +30,8 @@ from support.runs import DEFAULT_RUNS_ROOT, REPO_ROOT, RunPaths, create_run_dir,
 
 NOTEBOOK_RE = re.compile(r"^(\d{2})_[A-Za-z0-9_]+\.ipynb$")
 PROFILES = ("test", "quick", "full")
-INJECTED = ("run_dir", "seed", "profile")  # set by the runner, never by a profile file
-PROFILE_KEYS = {"seed", "description", "notebooks"}
+INJECTED = ("run_dir", "seed", "profile", "allow_stand_ins")  # set by the runner, never by a profile file
+PROFILE_KEYS = {"seed", "description", "allow_stand_ins", "notebooks"}
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 REPORTED_PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "peft", "accelerate",
@@ -131,7 +131,10 @@ def load_profile(params_dir: Path, profile: str) -> tuple[Path, dict]:
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise PipelineError(f"{path}: 'seed' must be an integer, got {seed!r}")
-    return path, {"seed": seed, "description": data.get("description", ""),
+    allow = data.get("allow_stand_ins", False)
+    if not isinstance(allow, bool):
+        raise PipelineError(f"{path}: 'allow_stand_ins' must be true or false, got {allow!r}")
+    return path, {"seed": seed, "description": data.get("description", ""), "allow_stand_ins": allow,
                   "notebooks": {k: dict(v or {}) for k, v in notebooks.items()}}
 
 
@@ -198,7 +201,35 @@ def parameters_for(nb: Notebook, profile_name: str, profile: dict, run_dir: Path
         params["seed"] = profile["seed"]
     if "profile" in nb.declared:
         params["profile"] = profile_name
+    if "allow_stand_ins" in nb.declared:
+        params["allow_stand_ins"] = profile["allow_stand_ins"]
     return params
+
+
+def effective_parameters(nb: Notebook, params: dict) -> dict:
+    """``params`` over the defaults of ``nb``'s parameters cell (those that are literals)."""
+    values = {}
+    for key, info in nb.declared.items():
+        try:
+            values[key] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            pass
+    return {**values, **params}
+
+
+def check_published(profile_name: str, profile: dict, selected: list[Notebook]) -> list:
+    """Refuse a run whose profile asks for the published systems while a part of them is missing or
+    wrong (:mod:`support.published`); otherwise apply the stand-ins and return them."""
+    from support import published
+
+    effective = {nb.name: effective_parameters(nb, profile["notebooks"].get(nb.name, {})) for nb in selected}
+    stand_ins, problems = published.check(effective, [nb.name for nb in selected], profile["allow_stand_ins"])
+    if problems:
+        raise PipelineError(published.refusal(problems, profile_name))
+    changed = {nb: dict(profile["notebooks"].get(nb, {})) for nb in {p.notebook for p in stand_ins}}
+    published.apply_stand_ins(changed, stand_ins)
+    profile["notebooks"].update(changed)
+    return stand_ins
 
 
 def apply_overrides(profile: dict, overrides: list[str], notebooks: list[Notebook]) -> None:
@@ -277,6 +308,8 @@ def new_manifest(profile_name: str, profile_path: Path, profile: dict, selected:
         "packages": package_versions(),
         "platform": platform_info(),
         "seeds": {"profile": profile["seed"]},
+        "allow_stand_ins": profile["allow_stand_ins"],
+        "stand_ins": [],
         "parameters": {nb.name: parameters_for(nb, profile_name, profile, paths.root) for nb in selected},
         "notebooks": [{"name": nb.name, "source": str(nb.path), "status": "pending", "start": None,
                        "end": None, "duration_s": None} for nb in selected],
@@ -405,6 +438,13 @@ def record_outcome(paths: RunPaths, manifest: dict, entry: dict) -> list[str]:
         except (OSError, ValueError) as exc:  # a notebook's file, maybe cut short by the same disk
             manifest["dataset_fingerprint"] = {"error": str(exc)}
     unwritten = []
+    for metrics in sorted(paths.metrics.glob("*.json")) if manifest.get("stand_ins") else []:
+        try:                    # every number of the run stands on them
+            written = read_json(metrics)
+            if isinstance(written, dict) and written.get("stand_ins") != manifest["stand_ins"]:
+                write_json_atomic(metrics, {**written, "stand_ins": manifest["stand_ins"]})
+        except (OSError, ValueError) as exc:
+            unwritten.append(f"  could not list the stand-ins in {metrics}: {exc}")
     for path, write in ((paths.manifest, lambda: write_json_atomic(paths.manifest, manifest)),
                         (paths.index, lambda: write_index(paths, manifest))):
         try:
@@ -417,8 +457,10 @@ def record_outcome(paths: RunPaths, manifest: dict, entry: dict) -> list[str]:
 def run(profile_name: str, notebooks_dir: Path, params_dir: Path, runs_root: Path,
         run_id: str | None = None, only: str | None = None, start: str | None = None,
         resume: Path | None = None, overrides: list[str] | None = None,
-        out=None) -> Path:
-    """Run the selected notebooks; returns the run directory. Raises ``PipelineError`` on failure."""
+        allow_stand_ins: bool | None = None, out=None) -> Path:
+    """Run the selected notebooks; returns the run directory. Raises ``PipelineError`` on failure.
+    ``allow_stand_ins`` (None: the profile's ``allow_stand_ins``) lets the small stand-ins run where a
+    published part's local weights or data are not given."""
     out = out or sys.stdout
     notebooks = discover(notebooks_dir)
     if resume is not None:
@@ -446,15 +488,22 @@ def run(profile_name: str, notebooks_dir: Path, params_dir: Path, runs_root: Pat
             raise PipelineError(f"--profile {profile_name}: expected one of {PROFILES}")
         profile_path, profile = load_profile(params_dir, profile_name)
         apply_overrides(profile, overrides or [], notebooks)
+        if allow_stand_ins is not None:
+            profile["allow_stand_ins"] = allow_stand_ins
         selected = select(notebooks, only, start)
         if not selected:
             raise PipelineError(f"{notebooks_dir}: no notebooks to run")
         validate(profile_path, profile, notebooks, selected)
+        stand_ins = check_published(profile_name, profile, selected)
         paths = create_run_dir(runs_root, run_id or new_run_id(profile_name))
         manifest = new_manifest(profile_name, profile_path, profile, selected, paths)
+        manifest["stand_ins"] = [part.describe() for part in stand_ins]
         write_json_atomic(paths.manifest, manifest)
         first = 0
         print(f"Run {paths.root}  (profile {profile_name}, {len(selected)} notebooks)", file=out)
+        for part in manifest["stand_ins"]:
+            print(f"  stand-in: {part['parameter']} is empty; {part['stand_in']} runs in place of "
+                  f"{part['published']}", file=out)
 
     os.environ.update(OFFLINE_ENV)
     (paths.root / "logs").mkdir(exist_ok=True)
@@ -526,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the notebooks and their parameters, then exit")
     ap.add_argument("--set", dest="overrides", action="append", metavar="NB.PARAM=VALUE",
                     help="override one parameter of the profile (repeatable)")
+    ap.add_argument("--allow-stand-ins", action="store_true", default=None,
+                    help="full: run the small stand-ins where published weights or data are not given")
     ap.add_argument("--notebooks-dir", type=Path, default=REPO_ROOT / "notebooks")
     ap.add_argument("--params-dir", type=Path, default=None, help="default: <notebooks-dir>/params")
     ap.add_argument("--runs-root", type=Path, default=DEFAULT_RUNS_ROOT)
@@ -536,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
             list_notebooks(args.notebooks_dir, params_dir, args.profile)
             return 0
         run(args.profile, args.notebooks_dir, params_dir, args.runs_root, run_id=args.run_id,
-            only=args.only, start=args.start, resume=args.resume, overrides=args.overrides)
+            only=args.only, start=args.start, resume=args.resume, overrides=args.overrides,
+            allow_stand_ins=args.allow_stand_ins)
     except (PipelineError, OSError, ValueError) as exc:  # errors that name the file or option at fault
         print(f"\n{exc}", file=sys.stderr)
         return 1

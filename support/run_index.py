@@ -36,6 +36,8 @@ def headline_metrics(metrics_dir: Path) -> list[tuple[str, list[tuple[str, Any]]
         except (OSError, json.JSONDecodeError) as exc:
             out.append((path.name, [("error", f"unreadable: {exc}")]))
             continue
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k != "stand_ins"}     # the page's banner lists them
         items = list(flatten_scalars(data))
         if len(items) > MAX_METRICS_PER_FILE:
             items = items[:MAX_METRICS_PER_FILE] + [("…", f"{len(items) - MAX_METRICS_PER_FILE} more in {path.name}")]
@@ -64,6 +66,11 @@ def write_index(paths: RunPaths, manifest: dict) -> Path:
     commit = (git.get("commit") or "unknown")[:12] + (" (uncommitted changes)" if git.get("dirty") else "")
     figures = sorted(p.relative_to(paths.root) for p in paths.figures.glob("*.png")) if paths.figures.exists() else []
     fig_html = "".join(f'<a href="{e(str(p))}"><img src="{e(str(p))}" alt="{e(p.name)}"></a>' for p in figures)
+    stand_ins = "".join(f"<li><b>{e(p['parameter'])}</b>: {e(p['stand_in'])} in place of {e(p['published'])}</li>"
+                        for p in manifest.get("stand_ins") or [])
+    if stand_ins:
+        stand_ins = (f"<div class='stand-ins'><b>Stand-ins:</b> this run does not reproduce the published "
+                     f"systems in full.<ul>{stand_ins}</ul></div>")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Run {e(manifest['run_id'])}</title>
 <style>
@@ -73,10 +80,12 @@ td, th {{ border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; vertic
 tr.ok td:nth-child(3) {{ color: #176117; }} tr.failed td:nth-child(3), .err {{ color: #a11; }}
 tr.pending td, tr.running td {{ color: #777; }}
 .figs img {{ max-height: 180px; margin: 0.3em; border: 1px solid #ddd; }}
+.stand-ins {{ background: #fff4d6; border: 1px solid #e0b84c; padding: 0.5em 1em; }}
 </style></head><body>
 <h1>Run {e(manifest['run_id'])}</h1>
 <p>Profile <b>{e(manifest['profile'])}</b> · status <b>{e(manifest.get('status', ''))}</b> ·
 created {e(manifest['created'])} · code {e(commit)} · <a href="manifest.json">manifest.json</a></p>
+{stand_ins}
 <h2>Notebooks</h2>
 <table><tr><th>#</th><th>notebook</th><th>status</th><th>time</th><th>links</th></tr>
 {''.join(rows)}</table>

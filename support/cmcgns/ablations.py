@@ -16,16 +16,18 @@ from support.core.config import config_dict
 
 
 def notebook_config(profile: str, seed: int = 0, stage1_steps: int = 0, stage2_steps: int = -1,
-                    text_model: str = "", image_weights: str = "", overrides: Mapping | None = None) -> CMCGNSConfig:
+                    text_model: str = "", image_weights: str = "", overrides: Mapping | None = None,
+                    allow_stand_ins: bool = False) -> CMCGNSConfig:
     """08's base config: the profile, then ``overrides`` (nested), then the notebook's seed, budget
-    (``stage1_steps`` > 0 and ``stage2_steps`` >= 0 replace the preset's) and local weights."""
+    (``stage1_steps`` > 0 and ``stage2_steps`` >= 0 replace the preset's) and local weights. ``full``
+    refuses to stand a small BERT in for Bio_ClinicalBERT unless ``allow_stand_ins``."""
     from support.params import ParameterError
 
     overrides = {k: dict(v) if isinstance(v, Mapping) else v for k, v in (overrides or {}).items()}
-    if profile == "full" and not (text_model or overrides.get("text", {}).get("model_path")):
+    if profile == "full" and not allow_stand_ins and not (text_model or overrides.get("text", {}).get("model_path")):
         raise ParameterError("08_cmcgns_pretrain: the full profile is the paper's, whose report encoder is "
                              "Bio_ClinicalBERT: set text_model to its local folder (nothing is downloaded), "
-                             "or run the quick profile")
+                             "or allow_stand_ins to train a small BERT in its place")
     train = {**overrides.pop("train", {}), "seed": seed}
     if stage1_steps > 0:
         train.update(max_steps=stage1_steps, epochs=None)
