@@ -29,14 +29,16 @@ def tokenizer():
     return train_caption_tokenizer(CORPUS, vocab_size=640, max_length=77)
 
 
-def test_caption_uses_findings_and_falls_back_to_impression():
+def test_caption_uses_findings_and_impression_or_the_one_there_is():
     assert report_caption("The lungs\n are clear.  ", "Normal.", "PA") == \
-        "view_position = PA. modality = CR. The lungs are clear."
+        "view_position = PA. modality = CR. The lungs are clear. Normal."
+    assert report_caption("The lungs are clear.", "Normal.", "PA", text_source="findings").endswith("CR. The lungs are clear.")
+    assert report_caption("", "Normal.", "PA", text_source="findings").endswith("CR. Normal.")
     assert report_caption("", "1. Small effusion.\n2. Line in SVC.", "AP") == \
         "view_position = AP. modality = CR. 1. Small effusion. 2. Line in SVC."
     assert report_caption(None, float("nan"), "PA") == "view_position = PA. modality = CR."
     assert report_caption("F.", "I.", "PA", text_source="impression+findings").endswith("CR. I. F.")
-    assert report_caption("F.", "I.", "PA", template="{text} ({view})") == "F. (PA)"
+    assert report_caption("F.", "I.", "PA", template="{text} ({view})") == "F. I. (PA)"
 
 
 def test_long_empty_and_non_ascii_reports_give_captions(tokenizer):

@@ -1,8 +1,8 @@
 """Captions from reports, the report-corpus tokenizer, and truncation to the text encoder's limit.
 
-A caption is ``view_position = PA. modality = CR. <findings>`` by default (the form of the
-original prompts); a report without FINDINGS falls back to its impression, and a report with
-neither gives the view part alone. Text is NFC-normalised with whitespace collapsed, so line
+A caption is ``view_position = PA. modality = CR. <findings> <impression>`` by default (the form
+of the original prompts, the report's text sections; ``text_source`` picks them); a report with
+one of them gives it alone, and a report with neither gives the view part alone. Text is NFC-normalised with whitespace collapsed, so line
 breaks of numbered impressions and non-ASCII characters reach the byte-level BPE unharmed.
 CLIP reads at most ``model_max_length`` tokens (77 for SD 2.1) including its start and end
 tokens; :func:`fit_caption` cuts a caption at the last whole token that fits and says so.
@@ -27,7 +27,7 @@ def clean_text(text: Any) -> str:
     return _SPACE.sub(" ", unicodedata.normalize("NFC", str(text))).strip()
 
 
-def report_text(findings: Any, impression: Any, text_source: str = "findings") -> str:
+def report_text(findings: Any, impression: Any, text_source: str = "findings+impression") -> str:
     """The report text a caption carries: ``text_source``'s section(s), else the other section."""
     sections = {"findings": clean_text(findings), "impression": clean_text(impression)}
     order = text_source.split("+")
@@ -42,7 +42,7 @@ def report_text(findings: Any, impression: Any, text_source: str = "findings") -
 
 
 def report_caption(findings: Any, impression: Any, view: Any, template: str = DEFAULT_TEMPLATE,
-                   text_source: str = "findings") -> str:
+                   text_source: str = "findings+impression") -> str:
     """``template`` filled with the view and the report text (an empty report: the view part alone)."""
     check_template(template, "caption template")
     view = clean_text(view) or "unknown"
@@ -50,7 +50,7 @@ def report_caption(findings: Any, impression: Any, view: Any, template: str = DE
 
 
 def record_caption(record: Mapping[str, Any], template: str = DEFAULT_TEMPLATE,
-                   text_source: str = "findings") -> str:
+                   text_source: str = "findings+impression") -> str:
     """The caption of one row of a record table (columns ``findings``, ``impression``, ``view``)."""
     return report_caption(record.get("findings", ""), record.get("impression", ""), record.get("view", ""),
                           template, text_source)

@@ -197,7 +197,7 @@ class LoraTrainConfig(LoopConfig):
     random_crop: bool = True                # resize the short side, then a random square crop; never a flip
     views: tuple[str, ...] = ("PA", "AP")
     caption_template: str = DEFAULT_TEMPLATE
-    text_source: TextSource = "findings"    # a report without that section falls back to the other one
+    text_source: TextSource = "findings+impression"   # the report's sections; one missing: the other alone
     snr_gamma: float | None = None          # Min-SNR-gamma weighting (Hang et al. 2023); None: plain MSE
     noise_offset: float = 0.0
     caption_dropout: float = 0.0
@@ -265,7 +265,7 @@ class PromptConfig(Checked):
     splits: tuple[str, ...] = ("test",)
     views: tuple[str, ...] = ("PA", "AP")
     caption_template: str = DEFAULT_TEMPLATE
-    text_source: TextSource = "findings"
+    text_source: TextSource = "findings+impression"
     seed: int = 0
 
     title = "prompt parameters"

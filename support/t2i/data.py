@@ -28,7 +28,7 @@ class CaptionedImages(ImageDataset):
     kind = "captioned images"
 
     def __init__(self, records: pd.DataFrame, resolution: int, *, channels: int = 1,
-                 template: str = DEFAULT_TEMPLATE, text_source: str = "findings",
+                 template: str = DEFAULT_TEMPLATE, text_source: str = "findings+impression",
                  views: Sequence[str] | None = ("PA", "AP"), splits: Sequence[str] | None = ("train",),
                  random_crop: bool = True, seed: int = 0, strict: bool = False):
         check_template(template, "CaptionedImages template")
