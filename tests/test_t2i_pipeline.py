@@ -70,6 +70,25 @@ def test_default_base_model_is_a_stable_diffusion_folder_pretrained_on_view_capt
     assert (base / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_a_base_model_saved_as_bin_files_loads_and_is_identified_by_them(trained, tmp_path):
+    import torch
+
+    from support.t2i.base_model import model_sha256
+
+    base, _, _ = trained
+    saved = load_pipeline(base, device="cpu", dtype="fp32")
+    saved.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    assert not [p for part in ("unet", "vae") for p in (tmp_path / "bin" / part).glob("*.safetensors")]
+    loaded = load_pipeline(tmp_path / "bin", device="cpu", dtype="fp32")
+    assert all(torch.equal(a, b) for a, b in zip(saved.unet.state_dict().values(), loaded.unet.state_dict().values()))
+    before = model_sha256(tmp_path / "bin"), model_sha256(tmp_path / "bin", None)
+    weights = next((tmp_path / "bin" / "unet").glob("*.bin"))
+    state = torch.load(weights, weights_only=True)
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, weights)
+    after = model_sha256(tmp_path / "bin"), model_sha256(tmp_path / "bin", None)
+    assert all(a != b for a, b in zip(after, before))       # the .bin weights are what identifies it
+
+
 def test_random_crops_follow_seed_and_epoch_and_never_flip(tmp_path):
     path = tmp_path / "wide.png"
     ramp = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (40, 1))   # 40 x 64, brighter to the right

@@ -75,7 +75,7 @@ def load_pipeline(path: str | os.PathLike, device: str = "auto", dtype: str = "a
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (model_index.json missing)")
     dev = pick_device(device)
-    pipe = DDPMPipeline.from_pretrained(path, use_safetensors=True, local_files_only=True,
+    pipe = DDPMPipeline.from_pretrained(path, local_files_only=True,   # .bin: torch.load(weights_only=True)
                                         dtype=pick_dtype(dev, dtype))
     pipe.unet.to(dev).eval()
     return pipe

@@ -166,7 +166,9 @@ def check_pipeline_dir(path: str | os.PathLike, what: str = "base_model") -> Pat
 def load_pipeline(path: str | os.PathLike, device: str = "auto", dtype: str = "auto"):
     """A saved ``StableDiffusionPipeline`` on ``device`` in ``dtype`` (``support.devices`` rule).
 
-    Offline only; no safety checker (it would black out radiographs it cannot judge).
+    Offline only; no safety checker (it would black out radiographs it cannot judge). Weights are
+    read from ``.safetensors`` where the folder has them, else from ``.bin`` files, which diffusers
+    opens with ``torch.load(weights_only=True)``: tensors only, no pickled code.
     """
     from diffusers import StableDiffusionPipeline
 
@@ -174,8 +176,7 @@ def load_pipeline(path: str | os.PathLike, device: str = "auto", dtype: str = "a
 
     path = check_pipeline_dir(path)
     dev = pick_device(device)
-    pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, use_safetensors=True,
-                                                   dtype=pick_dtype(dev, dtype), safety_checker=None,
+    pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=pick_dtype(dev, dtype), safety_checker=None,
                                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)
@@ -183,10 +184,13 @@ def load_pipeline(path: str | os.PathLike, device: str = "auto", dtype: str = "a
 
 def model_sha256(path: str | os.PathLike, subfolder: str | None = "unet") -> str:
     """sha256 over what loading reads from a pipeline folder (its ``subfolder``, or all of it):
-    configs, tokenizer files and the safetensors weights (not fp16 variants or ``.bin`` copies)."""
+    configs, tokenizer files and the weights (not fp16 variants): the safetensors files, or the
+    ``.bin`` files of a component folder that has none."""
     root = Path(path) / subfolder if subfolder else Path(path)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
-                   and (p.suffix in (".json", ".txt") or (p.suffix == ".safetensors" and p.name.count(".") == 1)))
+    found = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name.count(".") == 1]
+    safetensors = {p.parent for p in found if p.suffix == ".safetensors"}     # per component folder
+    files = sorted(p for p in found if p.suffix in (".json", ".txt", ".safetensors")
+                   or (p.suffix == ".bin" and p.parent not in safetensors))
     if not files:
         raise FileNotFoundError(f"{root}: no model files found")
     h = hashlib.sha256()
