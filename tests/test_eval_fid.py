@@ -105,3 +105,30 @@ def test_bad_weight_files_are_clear_errors(random_inception_state, tmp_path):
     torch.save({"fc.weight": Payload()}, tmp_path / "pickled.pth")
     with pytest.raises(ValueError, match="pickled.pth.*tensors-only"):
         InceptionFID(tmp_path / "pickled.pth")
+
+
+def test_fid_reads_each_file_at_its_saved_resolution_whatever_size_the_evaluation_uses(weights_pth, tmp_path):
+    import pandas as pd
+    from PIL import Image
+
+    from support.data.datasets import ImageDataset
+    from support.eval.images import saved_files
+
+    paths = []
+    for i, image in enumerate(np.concatenate([_images(1, n=4, size=96), _images(2, n=4, size=96)])):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(image if i < 4 else image[:80]).save(paths[-1])     # two saved sizes: 96x96 and 80x96
+    records = pd.DataFrame({"path": [str(p) for p in paths], "image_id": [str(i) for i in range(8)]})
+    small = torch.utils.data.Subset(ImageDataset(records, size=32), [0, 2, 5, 7])    # the evaluation's 32 px
+    files = saved_files(small)
+    assert [p.name for p in files._paths] == ["0.png", "2.png", "5.png", "7.png"]
+    assert tuple(files[0].shape) == (1, 96, 96) and tuple(files[2].shape) == (1, 80, 96)
+    native = InceptionFID(weights_pth, device="cpu", batch_size=2, feature_dim=64)
+    assert native.update(files, real=True) == 4 and native.has_real     # batched by size, none dropped
+    native.update(saved_files(ImageDataset(records.iloc[:4], size=32)), real=False)
+    resized = InceptionFID(weights_pth, device="cpu", batch_size=2, feature_dim=64)
+    resized.update(small, real=True)
+    resized.update(ImageDataset(records.iloc[:4], size=32), real=False)
+    assert native.compute() != pytest.approx(resized.compute(), rel=1e-3)
+    array = np.zeros((3, 16, 16), dtype=np.uint8)
+    assert saved_files(array) is not None and len(saved_files(array)) == 3     # in memory: as it is

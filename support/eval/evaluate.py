@@ -21,7 +21,7 @@ from .conditional import conditional_fidelity
 from .distribution import frechet_distance, kernel_inception_distance, precision_recall_density_coverage
 from .diversity import ms_ssim_diversity
 from .features import FeatureEncoder, embed_set
-from .images import ImageSet, as_image_set
+from .images import ImageSet, as_image_set, saved_files
 from .turing import automated_turing_test
 
 
@@ -135,11 +135,11 @@ def evaluate_set(synthetic: Any, real: RealReference | Any, encoder: FeatureEnco
         details["audit"] = audit
         row["privacy_share_flagged"] = audit.summary["share_flagged"]
         row["privacy_n_flagged"] = audit.summary["n_flagged"]
-    if inception is not None:
-        if int(inception.metric.real_features_num_samples) == 0:
-            inception.update(ref.images, real=True, name="real test")
+    if inception is not None:       # as published: each file at its saved resolution, resized to 299 inside
+        if not inception.has_real:
+            inception.update(saved_files(ref.images), real=True, name="real test")
         inception.reset_fake()
-        inception.update(synth, real=False, name=name)
+        inception.update(saved_files(synth), real=False, name=name)
         row["fid_inception"] = inception.compute()
     return (row, details) if return_details else row
 

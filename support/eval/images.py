@@ -101,3 +101,25 @@ def _stack(items: list[torch.Tensor], size: int | None, name: str) -> torch.Tens
 def as_image_set(source: Any, name: str = "images") -> ImageSet:
     """Wrap any supported image source (see module docstring) as an :class:`ImageSet`."""
     return source if isinstance(source, ImageSet) else ImageSet(source, name=name)
+
+
+def saved_files(images: Any, name: str | None = None) -> ImageSet:
+    """The same images read from their files at the resolution they were saved in: a set backed by
+    a loader Dataset (its ``records`` hold each ``path``), possibly a subset of one, becomes a set of
+    those paths. Other sets (arrays, plain datasets) are returned as they are."""
+    image_set = as_image_set(images, name=name or "images")
+    source, indices = image_set._dataset, None
+    while isinstance(source, (torch.utils.data.Subset, ImageSet)):
+        if isinstance(source, ImageSet):
+            if source._paths is not None:
+                paths = [source._paths[i] for i in indices] if indices is not None else source._paths
+                return ImageSet(paths, name=image_set.name)
+            source = source._dataset
+            continue
+        indices = [source.indices[i] for i in indices] if indices is not None else list(source.indices)
+        source = source.dataset
+    records = getattr(source, "records", None)
+    if records is None or "path" not in getattr(records, "columns", ()):
+        return image_set
+    paths = records["path"].tolist()
+    return ImageSet([paths[i] for i in indices] if indices is not None else paths, name=image_set.name)

@@ -100,13 +100,31 @@ class InceptionFID:
         self.metric = self.metric.to(self.device)
 
     def update(self, images: Any, real: bool, name: str | None = None) -> int:
-        """Add an image set (any source ``as_image_set`` accepts); returns the number of images."""
+        """Add an image set (any source ``as_image_set`` accepts); returns the number of images.
+        Images of different sizes (a real dataset's files) are batched by size, so each reaches
+        the extractor's 299-px resize as saved."""
+        from tqdm.auto import tqdm
+
         image_set = as_image_set(images, name=name or ("real" if real else "synthetic"))
+        pending: dict[tuple, list[torch.Tensor]] = {}
         n = 0
-        for batch in image_set.batches(self.batch_size, desc=f"FID {image_set.name}"):
-            self.metric.update(fid_input(batch).to(self.device), real=real)
-            n += len(batch)
+        for i in tqdm(range(len(image_set)), desc=f"FID {image_set.name}", leave=False):
+            image = image_set[i]
+            same = pending.setdefault(tuple(image.shape), [])
+            same.append(image)
+            if len(same) == self.batch_size:
+                n += self._add(pending.pop(tuple(image.shape)), real)
+        for same in pending.values():
+            n += self._add(same, real)
         return n
+
+    def _add(self, images: list[torch.Tensor], real: bool) -> int:
+        self.metric.update(fid_input(torch.stack(images)).to(self.device), real=real)
+        return len(images)
+
+    @property
+    def has_real(self) -> bool:
+        return int(self.metric.real_features_num_samples) > 0
 
     def compute(self) -> float:
         return float(self.metric.compute())
