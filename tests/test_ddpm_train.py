@@ -130,3 +130,44 @@ def test_bad_dataset_fails_before_training(tmp_path):
         train_ddpm(CONFIG, Wrong(), tmp_path)
     with pytest.raises(ValueError, match="no full batch"):
         train_ddpm(CONFIG, SyntheticDiscs(3, 16), tmp_path)
+
+
+def _ema_pytorch(weights, beta, every, after):
+    """ema_pytorch's EMA.update() after each optimizer update (I-SynMed's trainer), written out:
+    a copy until ``after`` calls, then a moving average whose decay warms up as 1 - (1 + n)^(-2/3)."""
+    ema, started = None, False
+    for call, w in enumerate(weights):
+        if call % every:
+            continue
+        if call <= after:
+            ema = w.clone()
+            continue
+        if not started:
+            ema, started = w.clone(), True
+        epoch = call + 1 - after - 1
+        decay = min(1 - (1 + epoch) ** (-2 / 3), beta)
+        ema = ema - (1 - decay) * (ema - w)
+    return ema
+
+
+@pytest.mark.parametrize("every, after", [(10, 100), (1, 20), (2, 0), (3, 7)])
+def test_ema_follows_the_published_warm_up_update_for_update(every, after):
+    from types import SimpleNamespace
+
+    from support.ddpm.train import ema_model, ema_update
+
+    net = torch.nn.Linear(3, 2)
+    t = SimpleNamespace(ema_decay=0.995, ema_update_after_step=after, ema_update_every=every)
+    ema = ema_model(net, t)
+    generator, seen = torch.Generator().manual_seed(0), []
+    for step in range(1, 400):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=generator) * 0.1 + 0.01)
+        seen.append(torch.cat([p.detach().flatten() for p in net.parameters()]).clone())
+        ema_update(ema, net, step, every)
+        if step in (after + 1, after + every + 1, 150, 399):
+            expected = _ema_pytorch(seen, 0.995, every, after)
+            shadow = torch.cat([s.flatten() for s in ema.shadow_params])
+            assert torch.allclose(shadow, expected, atol=1e-6), (step, (shadow - expected).abs().max())
+    assert not torch.allclose(shadow, seen[-1], atol=1e-3)      # an average by then, not a copy

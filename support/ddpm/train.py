@@ -93,6 +93,30 @@ def save_pipeline(unet, noise_scheduler, path: str | os.PathLike) -> Path:
     return path
 
 
+def ema_model(unet, t, ema_cls=None, model_cls=None):
+    """diffusers' EMAModel with the warm-up of ema_pytorch, which I-SynMed's trainer used: decay
+    1 - (1 + n)^(-2/3) after n updates past ``ema_update_after_step``, capped at ``ema_decay``."""
+    if ema_cls is None:
+        from diffusers.training_utils import EMAModel as ema_cls
+    return ema_cls(unet.parameters(), decay=t.ema_decay, update_after_step=t.ema_update_after_step,
+                   use_ema_warmup=True, inv_gamma=1.0, power=2 / 3, model_cls=model_cls or type(unet),
+                   model_config=getattr(unet, "config", None))
+
+
+def ema_update(ema, unet, step: int, every: int) -> None:
+    """After optimizer update ``step`` (1-based), as ema_pytorch's ``update()`` does: every
+    ``every``-th update counted from the first moves the EMA (a copy of the weights until the
+    warm-up starts), and the decay counts optimizer updates, not EMA moves."""
+    done = step - 1
+    if done % every:
+        return
+    if done > ema.update_after_step >= done - every:    # its first move starts from the weights of now
+        for shadow, param in zip(ema.shadow_params, unet.parameters()):
+            shadow.data.copy_(param.data)
+    ema.optimization_step = done        # step() counts it to ``step``, the number get_decay reads
+    ema.step(unet.parameters())
+
+
 class DDPMTask(trainer.Task):
     """Denoising of ``{"image": (C, H, W) in [-1, 1]}`` items; EMA weights validated, previewed, exported."""
 
@@ -111,9 +135,7 @@ class DDPMTask(trainer.Task):
             check_dataset(self.val_set, cfg, "validation set")
         self.noise_scheduler = make_noise_scheduler(cfg.noise)
         self.unet = build_unet(cfg.unet)
-        self.ema = EMAModel(self.unet.parameters(), decay=t.ema_decay,
-                            update_after_step=t.ema_update_after_step // t.ema_update_every,
-                            model_cls=UNet2DModel, model_config=self.unet.config)
+        self.ema = ema_model(self.unet, t, EMAModel, UNet2DModel)
         self.ema.to(self.ctx.device)
         self.ema_unet = None        # built on first use: the network the EMA weights are copied into
         self.grid_sampler = make_sampler(t.sample_grid_sampler, self.noise_scheduler.config)
@@ -131,8 +153,7 @@ class DDPMTask(trainer.Task):
         return diffusion_loss(self.models[0](noisy, t).sample, target, weights)
 
     def after_update(self, step: int) -> None:
-        if step % self.config.train.ema_update_every == 0:
-            self.ema.step(self.unet.parameters())
+        ema_update(self.ema, self.unet, step, self.config.train.ema_update_every)
 
     def ema_network(self):
         """A UNet holding the current EMA weights (eval mode, no grad)."""
