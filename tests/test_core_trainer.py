@@ -347,3 +347,12 @@ def test_before_optimizer_step_sees_the_gradients_of_the_update(tmp_path):
                 on_update=lambda step, net: biases.append(net.bias.detach().clone()), progress=False)
     first = biases[0]   # 3 updates an epoch
     assert all(torch.equal(b, first) for b in biases[:3]) and not torch.equal(biases[-1], first)
+
+
+def test_fp16_without_a_cuda_device_trains_in_fp32_and_says_so():
+    from support.core.trainer import resolve_mixed_precision
+
+    with pytest.warns(UserWarning, match="fp16 needs a CUDA device"):
+        assert resolve_mixed_precision("fp16", cpu=True) == "no"
+    assert resolve_mixed_precision("bf16", cpu=True) == "bf16" and resolve_mixed_precision("no") == "no"
+    assert resolve_mixed_precision("auto", cpu=True) == "no"

@@ -29,7 +29,8 @@ def test_full_profile_is_isynmed_configuration():
     assert (n.num_train_timesteps, n.prediction_type, n.beta_schedule) == (1000, "v_prediction", "sigmoid")
     assert (t.learning_rate, t.adam_betas, t.batch_size, t.gradient_accumulation_steps) == (5e-5, (0.9, 0.99), 8, 2)
     assert (t.ema_decay, t.ema_update_every, t.max_grad_norm, t.max_steps) == (0.995, 10, 1.0, 300_000)
-    assert t.mixed_precision == "auto" and t.loss_weighting == "snr"
+    assert t.mixed_precision == "fp16" and t.loss_weighting == "snr"      # fp16 with loss scaling, as published
+    assert t.ema_update_after_step == 100
 
 
 def test_full_unet_has_full_attention_at_the_innermost_level_only():

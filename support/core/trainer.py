@@ -25,6 +25,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -177,7 +178,11 @@ class Task:
 
 # ------------------------------------------------------------------------------------ machinery
 def resolve_mixed_precision(setting: str, cpu: bool = False) -> str:
-    """accelerate's ``mixed_precision`` for a config value; ``auto`` follows ``support.devices``."""
+    """accelerate's ``mixed_precision`` for a config value; ``auto`` follows ``support.devices``.
+    fp16 (with loss scaling) needs a CUDA device: elsewhere the loop runs in fp32 and says so."""
+    if setting == "fp16" and (cpu or not torch.cuda.is_available()):
+        warnings.warn("mixed_precision fp16 needs a CUDA device; this run trains in fp32", stacklevel=2)
+        return "no"
     if setting != "auto":
         return setting
     if cpu or not torch.cuda.is_available():

@@ -131,7 +131,7 @@ _FULL = DDPMConfig(
     noise=NoiseConfig(num_train_timesteps=1000, beta_schedule="sigmoid", prediction_type="v_prediction"),
     train=DDPMTrainConfig(max_steps=300_000, batch_size=8, gradient_accumulation_steps=2, learning_rate=5e-5,
                           adam_betas=(0.9, 0.99), ema_decay=0.995, ema_update_every=10, ema_update_after_step=100,
-                          max_grad_norm=1.0, mixed_precision="auto", loss_weighting="snr",
+                          max_grad_norm=1.0, mixed_precision="fp16", loss_weighting="snr",   # fp16 + loss scaling, as published
                           validate_every=5000, sample_every=5000, checkpoint_every=5000, checkpoints_total_limit=3,
                           sample_grid_sampler="ddpm", sample_grid_steps=1000),
 )
