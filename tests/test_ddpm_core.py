@@ -1,5 +1,6 @@
 """DDPM building blocks: profiles, noise schedules, loss weights, UNet layout, checkpoints, metric."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -33,17 +34,37 @@ def test_full_profile_is_isynmed_configuration():
     assert t.ema_update_after_step == 100
 
 
-def test_full_unet_has_full_attention_at_the_innermost_level_only():
+def test_full_network_is_isynmeds_layout_size_and_cost():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from support.ddpm.model import build_unet
+    from support.ddpm.network.unet import DiffusionUNet, FullAttention, LinearAttention, ResidualBlock
+
+    unet = build_unet(ddpm_config("full").unet)
+    assert isinstance(unet, DiffusionUNet)
+    assert unet.config.sample_size == 256 and unet.config.in_channels == 1 and unet.config.dim_mults == (1, 2, 4, 8)
+    # denoising-diffusion-pytorch 2.3.4 Unet(dim=64, dim_mults=(1, 2, 4, 8), channels=1), measured beside it:
+    # 35,705,089 parameters; 234.10 GFLOPs per 256-px step, 14.54 at 64 px (torch's flop counter)
+    assert sum(p.numel() for p in unet.parameters()) == 35_705_089
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        unet(torch.zeros(1, 1, 64, 64), torch.tensor([3]))
+    assert flops.get_total_flops() == 14_541_291_520
+    kinds = lambda cls: [n for n, m in unet.named_modules() if isinstance(m, cls)]
+    assert kinds(FullAttention) == ["downs.3.attn", "mid_attn", "ups.0.attn"]     # innermost level only
+    assert len(kinds(LinearAttention)) == 6                                          # the outer three, both ways
+    assert len(kinds(ResidualBlock)) == 2 * 4 + 2 + 2 * 4 + 1                        # 2 per level, mid, final
+
+
+def test_the_diffusers_network_has_full_attention_at_the_named_levels_only():
     from diffusers.models.attention_processor import Attention
 
     from support.ddpm.model import block_types, build_unet
 
-    cfg = ddpm_config("full").unet
+    cfg = dataclasses.replace(ddpm_config("full").unet, architecture="diffusers", sample_size=64)
     assert block_types(cfg) == (("DownBlock2D",) * 3 + ("AttnDownBlock2D",),
                                 ("AttnUpBlock2D",) + ("UpBlock2D",) * 3)
     unet = build_unet(cfg)
     assert unet.config.block_out_channels == (64, 128, 256, 512)
-    assert unet.config.sample_size == 256 and unet.config.in_channels == unet.config.out_channels == 1
     attention = [name for name, m in unet.named_modules() if isinstance(m, Attention)]
     # innermost down level (2 layers), mid block (1), innermost up level (3 layers)
     assert len(attention) == 6

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,7 +27,11 @@ def uninterrupted(tmp_path_factory):
 
 
 def _final(out):
-    ckpt = out / "checkpoints" / "checkpoint-00000006"
+    return _final_at(out, 6)
+
+
+def _final_at(out, step):
+    ckpt = out / "checkpoints" / f"checkpoint-{step:08d}"
     return load_state_dict(ckpt / "model.safetensors"), load_state_dict(ckpt / "ema.safetensors")
 
 
@@ -171,3 +176,25 @@ def test_ema_follows_the_published_warm_up_update_for_update(every, after):
             shadow = torch.cat([s.flatten() for s in ema.shadow_params])
             assert torch.allclose(shadow, expected, atol=1e-6), (step, (shadow - expected).abs().max())
     assert not torch.allclose(shadow, seen[-1], atol=1e-3)      # an average by then, not a copy
+
+
+def test_isynmeds_network_trains_and_loads_as_a_diffusers_pipeline(tmp_path):
+    from diffusers import DDPMPipeline
+
+    from support.core.schedules import make_sampler
+    from support.ddpm.sampling import load_pipeline, sample_images
+    from support.ddpm.network.unet import DiffusionUNet
+
+    config = ddpm_config("test", {"unet": {"architecture": "isynmed", "layers_per_block": 2},
+                                  "train": {"max_steps": 4, "checkpoint_every": 2, "sample_grid_steps": 2}})
+    history = train_ddpm(config, SyntheticDiscs(16, 16), tmp_path / "run")
+    assert np.isfinite(history["loss"]).all()
+    index = json.loads((tmp_path / "run" / "pipeline" / "model_index.json").read_text())
+    assert index["unet"] == ["support.ddpm.network.unet", "DiffusionUNet"]
+    pipe = DDPMPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    assert isinstance(pipe.unet, DiffusionUNet) and isinstance(load_pipeline(tmp_path / "run" / "pipeline").unet,
+                                                                DiffusionUNet)
+    _, ema = _final_at(tmp_path / "run", 4)
+    assert all(torch.equal(p.detach(), ema[n]) for n, p in pipe.unet.named_parameters())
+    images = sample_images(pipe.unet, make_sampler("ddim", pipe.scheduler.config), [1, 2], 3)
+    assert images.shape == (2, 1, 16, 16) and not torch.allclose(images[0], images[1])

@@ -22,8 +22,13 @@ SamplerName = Literal["ddpm", "ddim", "dpmsolver++"]
 
 @dataclass
 class UNetConfig(Checked):
-    """A diffusers ``UNet2DModel`` described by the quantities the papers report."""
+    """The denoising network, described by the quantities the papers report. ``architecture``:
+    ``isynmed`` is I-SynMed's network (denoising-diffusion-pytorch's ``Unet``, written as a
+    diffusers model in :mod:`support.ddpm.network.unet`: ``layers_per_block`` 2, linear attention at the
+    outer levels, 4 heads of ``attention_head_dim``; no group norm); ``diffusers`` is diffusers'
+    ``UNet2DModel`` (full attention at ``attention_levels`` only)."""
 
+    architecture: Literal["isynmed", "diffusers"] = "diffusers"
     sample_size: int = 64
     in_channels: int = 1
     base_channels: int = 64
@@ -40,6 +45,9 @@ class UNetConfig(Checked):
 
     def checks(self) -> Iterable[Check]:
         levels = len(self.channel_mults)
+        yield self.architecture in ("isynmed", "diffusers"), "architecture", "isynmed or diffusers"
+        yield self.architecture != "isynmed" or self.layers_per_block == 2, "layers_per_block", \
+            "2 for the isynmed network (two residual blocks per level)"
         yield self.sample_size > 0, "sample_size", "a positive size"
         yield self.in_channels > 0, "in_channels", "a positive channel count"
         yield levels > 0 and all(m > 0 for m in self.channel_mults), "channel_mults", \
@@ -126,8 +134,9 @@ class SamplingConfig(SampleConfig):
 
 # ------------------------------------------------------------------------------------- profiles
 _FULL = DDPMConfig(
-    unet=UNetConfig(sample_size=256, in_channels=1, base_channels=64, channel_mults=(1, 2, 4, 8),
-                    layers_per_block=2, attention_levels=(-1,), attention_head_dim=32, norm_num_groups=32),
+    unet=UNetConfig(architecture="isynmed", sample_size=256, in_channels=1, base_channels=64,
+                    channel_mults=(1, 2, 4, 8), layers_per_block=2, attention_levels=(-1,), attention_head_dim=32,
+                    norm_num_groups=32),
     noise=NoiseConfig(num_train_timesteps=1000, beta_schedule="sigmoid", prediction_type="v_prediction"),
     train=DDPMTrainConfig(max_steps=300_000, batch_size=8, gradient_accumulation_steps=2, learning_rate=5e-5,
                           adam_betas=(0.9, 0.99), ema_decay=0.995, ema_update_every=10, ema_update_after_step=100,

@@ -15,8 +15,18 @@ def block_types(cfg: UNetConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def build_unet(cfg: UNetConfig):
-    """A freshly initialised diffusers ``UNet2DModel`` (initialisation draws from torch's global RNG)."""
+    """A freshly initialised network of ``cfg.architecture`` (initialisation draws from torch's
+    global RNG): I-SynMed's :class:`~support.ddpm.network.unet.DiffusionUNet` or diffusers' ``UNet2DModel``."""
     from diffusers import UNet2DModel
+
+    if cfg.architecture == "isynmed":
+        from support.ddpm.network.unet import DiffusionUNet
+
+        levels = len(cfg.channel_mults)
+        full = {a % levels for a in cfg.attention_levels}
+        return DiffusionUNet(sample_size=cfg.sample_size, in_channels=cfg.in_channels, dim=cfg.base_channels,
+                             dim_mults=tuple(cfg.channel_mults), full_attention=[i in full for i in range(levels)],
+                             attention_head_dim=cfg.attention_head_dim)
 
     down, up = block_types(cfg)
     channels = tuple(cfg.base_channels * m for m in cfg.channel_mults)

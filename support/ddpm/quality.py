@@ -57,10 +57,8 @@ def compare_samplers(unet, training_scheduler_config, settings: Sequence[tuple[s
 
 def untrained_unet(unet, seed: int = 0):
     """A network of the same configuration with fresh random weights: the floor quality is judged against."""
-    from diffusers import UNet2DModel
-
     torch.manual_seed(seed)
-    fresh = UNet2DModel.from_config(unet.config)
+    fresh = type(unet).from_config(unet.config)
     return fresh.to(next(unet.parameters()).device).eval()
 
 

@@ -126,7 +126,6 @@ class DDPMTask(trainer.Task):
         self.config, self.train_set, self.val_set = config, train_set, val_set
 
     def setup(self) -> trainer.Parts:
-        from diffusers import UNet2DModel
         from diffusers.training_utils import EMAModel
 
         cfg, t = self.config, self.config.train
@@ -135,7 +134,7 @@ class DDPMTask(trainer.Task):
             check_dataset(self.val_set, cfg, "validation set")
         self.noise_scheduler = make_noise_scheduler(cfg.noise)
         self.unet = build_unet(cfg.unet)
-        self.ema = ema_model(self.unet, t, EMAModel, UNet2DModel)
+        self.ema = ema_model(self.unet, t, EMAModel)
         self.ema.to(self.ctx.device)
         self.ema_unet = None        # built on first use: the network the EMA weights are copied into
         self.grid_sampler = make_sampler(t.sample_grid_sampler, self.noise_scheduler.config)
