@@ -245,3 +245,27 @@ def test_clean_dataset_writes_the_layout_skips_corrupt_files_and_resumes(source_
         clean_dataset(src, out, CleanupConfig(mask=MaskConfig(grow_px=2)), progress=False)
     with pytest.raises(RecordError, match="unreadable image"):
         clean_dataset(src, tmp_path / "strict", cleaner=cleaner, strict=True, progress=False)
+
+
+def test_the_runs_generated_sets_are_cleaned_beside_themselves(source_root, tmp_path, cleaner):
+    import shutil
+
+    from support.cleanup.dataset import clean_synthetic_sets
+    from support.eval.sets import discover_sets
+
+    root = source_root[0]
+    for name in ("t2i-lora-pndm-25", "ddpm-dpmsolver++-25"):
+        shutil.copytree(root, tmp_path / "samples" / name)
+    done = clean_synthetic_sets(tmp_path, ["t2i-lora"], cleaner, progress=False)
+    assert list(done) == ["t2i-lora-pndm-25"] and done["t2i-lora-pndm-25"]["cleaned"] > 0
+    assert set(discover_sets(tmp_path)) == {"t2i-lora-pndm-25", "ddpm-dpmsolver++-25", "t2i-lora-pndm-25-cleaned"}
+    source, _ = load_dataset("mimic-cxr-jpg", tmp_path / "samples" / "t2i-lora-pndm-25")
+    cleaned, _ = load_dataset("mimic-cxr-jpg", tmp_path / "samples" / "t2i-lora-pndm-25-cleaned")
+    assert sorted(cleaned["image_id"]) == sorted(source["image_id"])                 # every image, same labels
+    assert (cleaned.set_index("image_id")["No Finding"] == source.set_index("image_id")["No Finding"]).all()
+    assert {p["cleanup_status"] for p in cleaned["provenance"]} == {"cleaned", "unchanged"}
+    info = json.loads((tmp_path / "samples" / "t2i-lora-pndm-25-cleaned" / "dataset.json").read_text())
+    assert info["info"]["source"] == str((tmp_path / "samples" / "t2i-lora-pndm-25").resolve())
+    again = clean_synthetic_sets(tmp_path, ["t2i-lora", "ddpm"], cleaner, progress=False)   # no cleaned set cleaned
+    assert set(again) == {"t2i-lora-pndm-25", "ddpm-dpmsolver++-25"}
+    assert again["t2i-lora-pndm-25"]["already_done"] == len(source)

@@ -69,6 +69,10 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     evaluation = json.loads((root / "metrics" / "06_evaluation.json").read_text())
     name = t2i_root.name
     assert f"{name}.fd" in evaluation and f"{name}.cond_auroc_mean" in evaluation
+    # 05 cleaned the generated set beside itself, which 06 judged too, with the labels it was asked for
+    cleanup = json.loads((root / "metrics" / "05_cleanup.json").read_text())
+    assert cleanup["cleaned_sets"][name]["images"] == 6 and cleanup["cleaned_sets"][name]["skipped"] == 0
+    assert f"{name}-cleaned.fd" in evaluation and f"{name}-cleaned.cond_auroc_mean" in evaluation
     # 08: both ablations on the real split and on the report-carrying T2I-LoRA set, not on the DDPM's
     cmcgns = json.loads((root / "metrics" / "08_cmcgns_pretrain.json").read_text())
     assert set(cmcgns["sources"]) == {"real", name} and cmcgns["sources"][name] == 6

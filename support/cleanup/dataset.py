@@ -235,6 +235,26 @@ def clean_dataset(src_root: str | os.PathLike, out_root: str | os.PathLike, conf
     return result
 
 
+CLEANED_SUFFIX = "-cleaned"
+
+
+def clean_synthetic_sets(run_dir: str | os.PathLike, prefixes: Sequence[str], cleaner: Cleaner,
+                         progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Clean the run's synthetic sets (``samples/<name>``) whose names start with one of
+    ``prefixes``, each into ``samples/<name>-cleaned``: the published flow applies text removal to
+    generated images, which learn burned-in text from their training data. A cleaned set keeps its
+    source's records (prompts, requested labels) and adds what was removed per image; 06 judges it
+    beside the uncleaned set. Returns each cleaning's summary by source name."""
+    from support.eval.sets import discover_sets
+
+    samples = Path(run_dir) / "samples"
+    chosen = {name: root for name, root in discover_sets(run_dir).items()
+              if name.startswith(tuple(prefixes)) and not name.endswith(CLEANED_SUFFIX)}
+    return {name: clean_dataset(root, samples / f"{name}{CLEANED_SUFFIX}", cleaner=cleaner,
+                                dataset_name=f"{name}{CLEANED_SUFFIX}", progress=progress)
+            for name, root in chosen.items()}
+
+
 def read_cleanup_records(root: str | os.PathLike) -> pd.DataFrame:
     """``cleanup/records.csv`` of a cleaned root, boxes parsed from JSON."""
     path = Path(root) / RECORDS_CSV
