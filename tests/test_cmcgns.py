@@ -174,3 +174,23 @@ def test_pretraining_runs_on_two_gloo_processes(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert json.loads((out / "steps.json").read_text()) == {"stage1": [1, 2, 3], "stage2": [1, 2]}
     assert (out / "encoder" / "encoder.safetensors").is_file()
+
+
+def test_gains_are_differences_to_global_on_the_pairs_judged():
+    import math
+
+    import pandas as pd
+
+    from support.cmcgns.evaluate import gains
+
+    rows = [("global|real", "chexpert5", 0.1, "auroc", 0.60), ("cmcgns|real", "chexpert5", 0.1, "auroc", 0.65),
+            ("global|real", "chexpert5", 1.0, "auroc", 0.70), ("cmcgns|real", "chexpert5", 1.0, "auroc", 0.66),
+            ("global|real", "pneumothorax", 1.0, "dice", math.nan), ("cmcgns|real", "pneumothorax", 1.0, "dice", 0.5),
+            ("cmcgns|real", "chexpert5", 1.0, "auroc:Edema", 0.99), ("random", "chexpert5", 1.0, "auroc", 0.5)]
+    long = pd.DataFrame(rows, columns=["source", "task", "fraction", "metric", "value"]).assign(protocol="linear")
+    table = gains(long)
+    assert list(table.index) == ["cmcgns|real"]                     # the baseline and random are no rows
+    assert sorted(table.columns) == [("chexpert5", 0.1), ("chexpert5", 1.0), ("pneumothorax", 1.0)]
+    assert table.loc["cmcgns|real", ("chexpert5", 0.1)] == pytest.approx(0.05)
+    assert table.loc["cmcgns|real", ("chexpert5", 1.0)] == pytest.approx(-0.04)   # the headline, not auroc:Edema
+    assert math.isnan(table.loc["cmcgns|real", ("pneumothorax", 1.0)])             # global not scored: no gain

@@ -60,4 +60,6 @@ def gains(long: pd.DataFrame, baseline: str = "global") -> pd.DataFrame:
         pd.MultiIndex.from_frame(others[["pretraining", "task", "protocol", "fraction"]])).to_numpy()
     table = others.assign(gain=delta).pivot_table(index="source", columns=["task", "fraction"], values="gain",
                                                   aggfunc="first", dropna=False)
+    judged = set(zip(others["task"], others["fraction"]))      # not the task x fraction pairs never run
+    table = table[[c for c in table.columns if c in judged]]
     return table.reindex(index=list(dict.fromkeys(others["source"])))
