@@ -105,3 +105,14 @@ def test_cmcgns_full_needs_bio_clinicalbert_unless_stand_ins_are_allowed():
         notebook_config("full")
     config = notebook_config("full", allow_stand_ins=True)
     assert config.text.model_path == "" and config.image.encoder == "resnet50"
+
+
+def test_the_dry_run_names_only_declared_parameters_of_the_right_types():
+    from support import dry_run
+
+    sets = dry_run.overrides()
+    assert len(sets) == sum(len(v) for v in dry_run.FEW.values())
+    profile, stand_ins = _full([nb for nb in dry_run.FEW], sets, allow=True)
+    assert profile["notebooks"]["01_lora_t2i"]["t2i_overrides"]["base"]["ldm_training"]["max_steps"] == 2
+    assert profile["notebooks"]["04_sampling"]["compare"] == [["ddim", 2]]
+    assert {p.key for p in stand_ins} == {p.key for p in published.PUBLISHED}
