@@ -28,6 +28,7 @@ class Published:
     folder: bool = False            # a folder (else one file)
     needs: tuple[str, ...] = ()     # names the folder must hold (any one of each "a|b" group)
     given: Callable[[Mapping], bool] | None = None     # whether the notebook's parameters supply it
+    used: Callable[[Mapping], bool] | None = None      # whether they use it at all (default: always)
     without: Callable[[dict], dict] | None = None      # the notebook's parameters when its stand-in runs
 
     @property
@@ -82,7 +83,8 @@ PUBLISHED: tuple[Published, ...] = (
               "a diffusers StableDiffusionInpaintPipeline folder: model_index.json, unet/, vae/, text_encoder/, "
               "tokenizer/, scheduler/", "huggingface.co/stabilityai/stable-diffusion-2-inpainting",
               "Telea and RePaint with the run's DDPM only (backend sd left out)",
-              folder=True, needs=(*_SD_FOLDER, "text_encoder", "tokenizer"), without=_drop_backend("sd")),
+              folder=True, needs=(*_SD_FOLDER, "text_encoder", "tokenizer"), without=_drop_backend("sd"),
+              used=lambda p: "sd" in p.get("backends", ["sd"])),
     Published("06_evaluation", "inception_weights", "Inception-v3 FID weights (pytorch-fid / torchmetrics)",
               "the file pt_inception-2015-12-05-6726825d.pth",
               "github.com/mseitzer/pytorch-fid/releases (the FID Inception weights)",
@@ -105,6 +107,8 @@ def check(parameters: Mapping[str, Mapping], notebooks: Sequence[str], allow_sta
         if part.notebook not in notebooks:
             continue
         params = parameters.get(part.notebook, {})
+        if part.used is not None and not part.used(params):    # left out by an explicit choice, not stood in for
+            continue
         if part.supplied(params):
             why = part.problem(params)
             if why:

@@ -43,6 +43,9 @@ def test_stand_ins_are_allowed_only_on_request_and_drop_the_weightless_backend()
         _full(["05_cleanup"], [], allow=False)
     _, none = _full(["02_ddpm", "04_sampling", "07_ssl_dino"], [], allow=False)    # nothing to download there
     assert none == []
+    with pytest.raises(PipelineError) as err:          # sd left out by choice: no SD-2 folder asked for
+        _full(["05_cleanup"], ["05_cleanup.backends=[telea]"], allow=False)
+    assert "sam_checkpoint is empty" in str(err.value) and "sd_inpaint_path" not in str(err.value)
 
 
 def test_a_given_path_must_hold_the_published_layout_even_with_stand_ins(tmp_path):
