@@ -8,7 +8,7 @@ REQS := environments/requirements-cpu.txt environments/requirements-nodeps.txt e
 PROFILE ?= quick
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lab benchmark clean-venv
+.PHONY: venv demo test mutation lab benchmark clean-venv
 
 venv:
 	@set -eo pipefail; \
@@ -28,6 +28,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+# Mutation testing of the research-critical functions (tests/mutation.toml); GROUPS= picks some.
+mutation: venv
+	$(BIN)/python tests/mutation.py $(GROUPS)
 
 lab: venv
 	$(BIN)/python -m ipykernel install --user --name synthcxr --display-name "Python (synthcxr .venv)"
