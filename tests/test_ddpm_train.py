@@ -1,6 +1,8 @@
 """DDPM training on CPU: crash + resume equals an uninterrupted run, NaN handling, saved pipeline."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -198,3 +200,10 @@ def test_isynmeds_network_trains_and_loads_as_a_diffusers_pipeline(tmp_path):
     assert all(torch.equal(p.detach(), ema[n]) for n, p in pipe.unet.named_parameters())
     images = sample_images(pipe.unet, make_sampler("ddim", pipe.scheduler.config), [1, 2], 3)
     assert images.shape == (2, 1, 16, 16) and not torch.allclose(images[0], images[1])
+    # a fresh process (notebook 04, 05's RePaint) has not imported the network's module: the loaders do it
+    for load in ("from support.ddpm.sampling import load_pipeline; unet = load_pipeline(path).unet",
+                 "from support.cleanup.config import InpaintConfig; from support.cleanup.inpaint import RePaintInpainter; "
+                 "unet = RePaintInpainter(InpaintConfig(backend='repaint', ddpm_path=path)).pipe.unet"):
+        code = f"path = {str(tmp_path / 'run' / 'pipeline')!r}; {load}; print(type(unet).__name__)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 and out.stdout.split()[-1] == "DiffusionUNet", out.stderr[-2000:]

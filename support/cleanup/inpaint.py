@@ -158,6 +158,7 @@ class RePaintInpainter:
         import torch
         from diffusers import DDPMPipeline, RePaintPipeline
 
+        import support.ddpm.network.unet  # noqa: F401  the I-SynMed network of a full-profile DDPM
         from support.devices import pick_device, pick_dtype
 
         folder = _require_pipeline_folder(config.ddpm_path, "DDPMPipeline", "ddpm_path")

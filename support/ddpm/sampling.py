@@ -69,6 +69,7 @@ def load_pipeline(path: str | os.PathLike, device: str = "auto", dtype: str = "a
     """A saved ``DDPMPipeline`` folder on ``device`` (``support.devices`` rule), network in ``dtype``."""
     from diffusers import DDPMPipeline
 
+    import support.ddpm.network.unet  # noqa: F401  diffusers loads a model class only once its module is imported
     from support.devices import pick_device, pick_dtype
 
     path = Path(path)
