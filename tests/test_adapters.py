@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from support.data.adapters import KINDS, load_dataset
+from support.data.adapters import KINDS, load_dataset, siim_acr
 from support.data.dicom import read_dicom, read_dicom_header
 from support.data.images import read_image
 from support.data.records import TABLE_COLUMNS, patient_split
@@ -46,8 +46,10 @@ def write_jpeg(path: Path, arr: np.ndarray | None = None, mode: str = "L") -> Pa
 def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int = 12,
                 window: tuple[float, float] | None = None, rescale: tuple[float, float] | None = None,
                 voi_lut: np.ndarray | None = None, signed: bool = False, view: str = "PA",
-                sex: str = "F", age: str = "045Y", jpeg8: bool = False) -> Path:
-    """A minimal radiograph DICOM with identifying tags filled in (they must never leak)."""
+                sex: str = "F", age: str = "045Y", jpeg8: bool = False,
+                patient_id: str | None = IDENTIFIERS[1]) -> Path:
+    """A minimal radiograph DICOM with identifying tags filled in (they must never leak);
+    ``patient_id=None`` leaves PatientID out."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
@@ -59,7 +61,9 @@ def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROM
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.AccessionNumber = IDENTIFIERS[0], IDENTIFIERS[1], IDENTIFIERS[2]
+    ds.PatientName, ds.AccessionNumber = IDENTIFIERS[0], IDENTIFIERS[2]
+    if patient_id is not None:
+        ds.PatientID = patient_id
     ds.StudyDate, ds.InstitutionName = IDENTIFIERS[3], IDENTIFIERS[4]
     with warnings.catch_warnings():   # RSNA writes ages like "51", not the standard "051Y"
         warnings.simplefilter("ignore")
@@ -465,6 +469,33 @@ def test_siim_acr(tmp_path):
     assert read_image(pos["path"])[-1, -1] == pytest.approx(0.0, abs=1e-6)
     assert read_image(neg["path"])[-1, -1] == pytest.approx(1.0, abs=1e-6)
     assert_no_identifiers(table)
+    # both files carry PatientID MRN-778812: one patient, hence one subject and one split, under a
+    # pseudonym that is neither the PatientID nor an image id
+    assert pos["subject_id"] == neg["subject_id"] == siim_acr.pseudonym(IDENTIFIERS[1])
+    assert pos["subject_id"] not in (IDENTIFIERS[1], pos["image_id"], neg["image_id"])
+    assert pos["split"] == neg["split"] == patient_split(pos["subject_id"])
+    assert pos["study_id"] == pos["image_id"]
+    assert not any("PatientID" in n for n in summary.notes)
+    assert IDENTIFIERS[1] not in str(summary.to_dict())
+
+
+def test_siim_acr_pseudonym_is_salted_stable_and_hides_the_patient_id():
+    a, b = siim_acr.pseudonym("MRN-778812"), siim_acr.pseudonym("MRN-778813")
+    assert a == siim_acr.pseudonym("MRN-778812") and a != b
+    assert a.startswith("siim-") and len(a) == len("siim-") + 16 and "778812" not in a
+    # salted: not the bare sha256 of the id, which anyone could recompute from a list of ids
+    import hashlib
+    assert a[5:] not in hashlib.sha256(b"MRN-778812").hexdigest()
+
+
+def test_siim_acr_images_without_patient_id_are_their_own_subject_and_noted(tmp_path):
+    root, _ = make_siim_tree(tmp_path / "siim")
+    for path in sorted(root.rglob("*.dcm")):
+        write_dicom(path, gradient(hi=4095, dtype=np.uint16), patient_id=None)
+    table, summary = load_dataset("siim-acr", root)
+    assert len(table) == 2 and list(table["subject_id"]) == list(table["image_id"])
+    assert all(r["split"] == patient_split(r["image_id"]) for r in table.to_dict("records"))
+    assert "2 image(s) without a PatientID: each is its own subject (its ImageId)" in summary.notes
 
 
 def test_covidx(tmp_path):

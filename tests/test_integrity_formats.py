@@ -26,7 +26,12 @@ from support.data.dicom import DicomError, read_dicom, read_dicom_header
 from support.data.images import ImageReadError, image_size, read_image
 from support.data.rle import rle_decode, rle_encode
 
-REQUIREMENTS = Path(support.__file__).resolve().parents[1] / "environments" / "requirements-cpu.txt"
+# The repository's pins: beside the package, or, for a copy of the package and tests made
+# elsewhere in the repository (tests/mutation.py's work folders), in the nearest folder above.
+REQUIREMENTS = next((folder / "environments" / "requirements-cpu.txt"
+                     for folder in Path(support.__file__).resolve().parents
+                     if (folder / "environments" / "requirements-cpu.txt").is_file()),
+                    Path(support.__file__).resolve().parents[1] / "environments" / "requirements-cpu.txt")
 
 
 def _pixels() -> np.ndarray:
@@ -328,3 +333,328 @@ def test_each_convention_decodes_its_own_and_refuses_the_other():
         rle_decode(absolute, 32, 40, "relative")
     with pytest.raises(ValueError, match="numbered from 1"):
         rle_decode("0 5", 32, 40, "absolute")
+
+
+# ------------------------------------------------------------------ 5. the display pipeline, by hand
+def _dataset(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int | None = 12,
+             bits_allocated: int = 16, signed: bool = False, **elements) -> pydicom.Dataset:
+    """An in-memory single-frame radiograph; ``bits_stored=None`` leaves BitsStored out."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.PixelRepresentation = bits_allocated, int(signed)
+    if bits_stored is not None:
+        ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
+    else:
+        ds.HighBit = bits_allocated - 1
+    kind = {(8, False): np.uint8, (16, False): np.uint16, (16, True): np.int16}[(bits_allocated, signed)]
+    ds.PixelData = pixels.astype(kind).tobytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for keyword, value in elements.items():
+            setattr(ds, keyword, value)
+    return ds
+
+
+def _float(ds, **kwargs) -> np.ndarray:
+    from support.data.dicom import dicom_to_float
+
+    out = dicom_to_float(ds, "x.dcm", **kwargs)
+    assert out.dtype == np.float32 and out.shape == (ds.Rows, ds.Columns)
+    return out.astype(np.float64)
+
+
+STORED = np.array([[0, 1, 1024], [2047, 3071, 4095]])
+
+
+@pytest.mark.parametrize("bits", [8, 10, 12, 16])
+def test_unsigned_values_are_divided_by_the_largest_stored_value(bits):
+    top = 2 ** bits - 1
+    px = np.array([[0, 1], [top // 2, top]])
+    allocated = 8 if bits == 8 else 16
+    np.testing.assert_allclose(_float(_dataset(px, bits_stored=bits, bits_allocated=allocated)),
+                               [[0, 1 / top], [(top // 2) / top, 1]], atol=1e-7)
+
+
+def test_without_bits_stored_the_allocated_bits_decide():
+    from support.data.dicom import _modality_range, _stored_range
+
+    ds = _dataset(np.zeros((2, 2)), bits_stored=None, bits_allocated=16)
+    assert _stored_range(ds, "x.dcm") == _modality_range(ds, "x.dcm") == (0.0, 65535.0)
+    ds = _dataset(np.zeros((2, 2)), bits_stored=None, bits_allocated=8)
+    assert _stored_range(ds, "x.dcm") == (0.0, 255.0)
+    ds.BitsAllocated = 16
+    ds.PixelRepresentation = 1
+    assert _stored_range(ds, "x.dcm") == (-32768.0, 32767.0)
+    del ds.BitsAllocated, ds.PixelRepresentation   # neither: 8 bits, unsigned
+    assert _stored_range(ds, "x.dcm") == (0.0, 255.0)
+
+
+def test_signed_values_span_their_twos_complement_range():
+    px = np.array([[-2048, -1], [0, 2047]])
+    np.testing.assert_allclose(_float(_dataset(px, signed=True)),
+                               [[0, 2047 / 4095], [2048 / 4095, 1]], atol=1e-7)
+    from support.data.dicom import _stored_range
+    assert _stored_range(_dataset(px, signed=True), "x.dcm") == (-2048.0, 2047.0)
+    assert _stored_range(_dataset(px, signed=True, bits_stored=16), "x.dcm") == (-32768.0, 32767.0)
+    assert _stored_range(_dataset(np.abs(px)), "x.dcm") == (0.0, 4095.0)
+
+
+def test_monochrome1_is_inverted_so_bone_is_bright():
+    np.testing.assert_allclose(_float(_dataset(STORED, photometric="MONOCHROME1")), 1 - STORED / 4095, atol=1e-7)
+    np.testing.assert_allclose(_float(_dataset(STORED)), STORED / 4095, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", ["inverse", " INVERSE "])
+def test_presentation_lut_shape_is_read_without_case_or_padding(shape):
+    ds = _dataset(STORED, PresentationLUTShape=shape)
+    np.testing.assert_allclose(_float(ds), 1 - STORED / 4095, atol=1e-7)
+    ds = _dataset(STORED, PresentationLUTShape="")
+    np.testing.assert_allclose(_float(ds), STORED / 4095, atol=1e-7)
+
+
+def test_rescale_maps_stored_values_and_their_range_alike():
+    px = np.array([[0, 100], [2000, 4095]])
+    # slope 2, intercept -10: values 2p - 10 over the range [-10, 8180], so p / 4095 again
+    np.testing.assert_allclose(_float(_dataset(px, RescaleSlope=2, RescaleIntercept=-10)), px / 4095, atol=1e-7)
+    # a negative slope reverses the range: 4095 - p over [0, 4095]
+    np.testing.assert_allclose(_float(_dataset(px, RescaleSlope=-1, RescaleIntercept=4095)), 1 - px / 4095,
+                               atol=1e-7)
+    from support.data.dicom import _modality_range
+    assert _modality_range(_dataset(px, RescaleSlope=2, RescaleIntercept=-10), "x.dcm") == (-10.0, 8180.0)
+    assert _modality_range(_dataset(px, RescaleSlope=-1, RescaleIntercept=4095), "x.dcm") == (0.0, 4095.0)
+    assert _modality_range(_dataset(px, signed=True, RescaleSlope=0.5, RescaleIntercept=100),
+                           "x.dcm") == (100 - 1024.0, 100 + 1023.5)
+
+
+def test_rescale_needs_both_slope_and_intercept():
+    from support.data.dicom import _modality_range
+
+    px = np.array([[0, 100], [2000, 4095]])
+    for elements in ({"RescaleSlope": 2}, {"RescaleIntercept": -10}):
+        assert _modality_range(_dataset(px, **elements), "x.dcm") == (0.0, 4095.0)
+        np.testing.assert_allclose(_float(_dataset(px, **elements)), px / 4095, atol=1e-7)
+
+
+def test_modality_lut_sequence_sets_the_range_by_its_depth():
+    from pydicom.dataset import Dataset
+
+    from support.data.dicom import _modality_range
+
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4, 0, 16])              # LUTDescriptor: 4 entries of 16 bits
+    item.add_new(0x00283006, "US", [0, 6553, 32768, 65535])  # LUTData
+    item.ModalityLUTType = "US"
+    ds = _dataset(np.array([[0, 1], [2, 3]]), ModalityLUTSequence=[item])
+    assert _modality_range(ds, "x.dcm") == (0.0, 65535.0)
+    np.testing.assert_allclose(_float(ds), [[0, 6553 / 65535], [32768 / 65535, 1]], atol=1e-7)
+
+
+def _window(x, centre, width):
+    """DICOM PS3.3 C.11.2.1.2.1, linear: the window's output as a share of its output range."""
+    return np.clip((np.asarray(x, float) - (centre - 0.5)) / (width - 1) + 0.5, 0, 1)
+
+
+def test_window_maps_centre_to_mid_grey_and_clips_outside():
+    ds = _dataset(STORED, WindowCenter=2048, WindowWidth=2048)
+    np.testing.assert_allclose(_float(ds), _window(STORED, 2048, 2048), atol=1e-6)
+    assert _float(ds)[0, 2] == 0.0 and _float(ds)[1, 1] == 1.0            # the window's own edges
+    np.testing.assert_allclose(_float(ds, apply_voi=False), STORED / 4095, atol=1e-7)
+    inverted = _dataset(STORED, photometric="MONOCHROME1", WindowCenter=2048, WindowWidth=2048)
+    np.testing.assert_allclose(_float(inverted), 1 - _window(STORED, 2048, 2048), atol=1e-6)
+
+
+def test_window_applies_to_rescaled_values():
+    # values 2p - 10; a window centred at 2000 of width 1001 on them
+    ds = _dataset(STORED, RescaleSlope=2, RescaleIntercept=-10, WindowCenter=2000, WindowWidth=1001)
+    np.testing.assert_allclose(_float(ds), _window(2 * STORED - 10, 2000, 1001), atol=1e-6)
+    ds = _dataset(np.array([[700, 1005], [1100, 1300]]), RescaleSlope=2, RescaleIntercept=-10,
+                  WindowCenter=2000, WindowWidth=1001)
+    np.testing.assert_allclose(_float(ds), _window([[1390, 2000], [2190, 2590]], 2000, 1001), atol=1e-6)
+
+
+def test_half_a_window_is_no_window():
+    for elements in ({"WindowCenter": 2048}, {"WindowWidth": 2048}):
+        np.testing.assert_allclose(_float(_dataset(STORED, **elements)), STORED / 4095, atol=1e-7)
+
+
+def test_voi_lut_output_is_normalised_by_the_lut_range():
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.add_new(0x00283002, "US", [3, 0, 16])          # LUTDescriptor: 3 entries from 0
+    item.add_new(0x00283006, "US", [1000, 3000, 5000])  # LUTData
+    ds = _dataset(np.array([[0, 1], [2, 9]]), VOILUTSequence=[item])
+    np.testing.assert_allclose(_float(ds), [[0, 0.5], [1, 1]], atol=1e-7)
+    np.testing.assert_allclose(_float(ds, apply_voi=False), np.array([[0, 1], [2, 9]]) / 4095, atol=1e-7)
+    # the LUT wins over a window given beside it
+    ds.WindowCenter, ds.WindowWidth = 1, 2
+    np.testing.assert_allclose(_float(ds), [[0, 0.5], [1, 1]], atol=1e-7)
+
+
+def test_an_empty_value_range_is_refused():
+    ds = _dataset(STORED, RescaleSlope=0, RescaleIntercept=5)
+    with pytest.raises(DicomError, match=r"x\.dcm: empty value range \[5\.0, 5\.0\] after the LUT steps"):
+        _float(ds)
+
+
+@pytest.mark.parametrize("frames", [2, "3"])
+def test_multi_frame_is_refused(frames):
+    ds = _dataset(STORED, NumberOfFrames=frames)
+    with pytest.raises(DicomError, match=r"x\.dcm: \d+ frames; expected a single radiograph"):
+        _float(ds)
+
+
+def test_one_frame_declared_is_a_radiograph():
+    np.testing.assert_allclose(_float(_dataset(STORED, NumberOfFrames=1)), STORED / 4095, atol=1e-7)
+
+
+def test_colour_capture_is_read_as_luminance():
+    from support.data.dicom import dicom_to_float
+
+    rgb = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [255, 255, 255]]], np.uint8)
+    ds = _dataset(np.zeros((2, 2)), bits_stored=8, bits_allocated=8, photometric="RGB")
+    ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+    ds.PixelData = rgb.tobytes()
+    out = dicom_to_float(ds, "x.dcm")
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0.299, 0.587], [0.114, 1.0]], atol=1e-6)
+
+
+@pytest.mark.parametrize("photometric", ["PALETTE COLOR"])
+def test_other_photometric_interpretations_are_refused(photometric):
+    with pytest.raises(DicomError, match=rf"x\.dcm: PhotometricInterpretation '{photometric}'; "
+                                         r"expected MONOCHROME1/2"):
+        _float(_dataset(STORED, photometric=photometric))
+
+
+def test_window_on_a_negative_rescale_keeps_high_values_bright():
+    """A window over the whole modality range changes nothing, whatever the sign of the slope."""
+    px = np.array([[0, 1000], [3000, 4095]])
+    plain = _float(_dataset(px, RescaleSlope=-1, RescaleIntercept=4095))
+    np.testing.assert_allclose(plain, 1 - px / 4095, atol=1e-7)
+    windowed = _float(_dataset(px, RescaleSlope=-1, RescaleIntercept=4095, WindowCenter=2048, WindowWidth=4096))
+    np.testing.assert_allclose(windowed, _window(4095 - px, 2048, 4096), atol=1e-6)
+    np.testing.assert_allclose(windowed, plain, atol=2e-4)
+    # values 100 - 2p; the window [-5000, -3000]: p = 0 and 1000 lie above it (white), 3000 and 4095 below
+    ds = _dataset(px, RescaleSlope=-2, RescaleIntercept=100, WindowCenter=-4000, WindowWidth=2001)
+    np.testing.assert_allclose(_float(ds), [[1, 1], [0, 0]], atol=1e-7)
+    ds = _dataset(np.array([[2000, 2050]]), RescaleSlope=-2, RescaleIntercept=100, WindowCenter=-4000,
+                  WindowWidth=2001)
+    np.testing.assert_allclose(_float(ds), _window([[-3900, -4000]], -4000, 2001), atol=1e-6)
+
+
+def _set(ds, keyword: str, vr: str, value):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.add_new(pydicom.datadict.tag_for_keyword(keyword), vr, value)
+    return ds
+
+
+@pytest.mark.parametrize("keyword, vr, value, lo, hi", [
+    ("BitsStored", "US", 33, 1, 32), ("BitsStored", "US", 0, 1, 32),
+    ("BitsAllocated", "US", 65, 1, 64), ("PixelRepresentation", "US", 2, 0, 1),
+])
+def test_stored_range_refuses_header_integers_out_of_bounds(keyword, vr, value, lo, hi):
+    from support.data.dicom import _modality_range, _stored_range
+
+    ds = _set(_dataset(STORED), keyword, vr, value)
+    tag = pydicom.tag.Tag(pydicom.datadict.tag_for_keyword(keyword))
+    message = rf"x\.dcm: {keyword} \({tag.group:04X},{tag.element:04X}\) is {value}; expected an integer in {lo}\.\.{hi}"
+    with pytest.raises(DicomError, match=message):
+        _stored_range(ds, "x.dcm")
+    with pytest.raises(DicomError, match=message):
+        _modality_range(ds, "x.dcm")
+
+
+def test_stored_range_at_the_bounds_of_the_header_integers():
+    from support.data.dicom import _stored_range
+
+    assert _stored_range(_set(_dataset(STORED), "BitsStored", "US", 1), "x.dcm") == (0.0, 1.0)
+    assert _stored_range(_set(_dataset(STORED), "BitsStored", "US", 32), "x.dcm") == (0.0, 2.0 ** 32 - 1)
+    ds = _dataset(STORED, bits_stored=None)
+    assert _stored_range(_set(ds, "BitsAllocated", "US", 1), "x.dcm") == (0.0, 1.0)
+    assert _stored_range(_set(ds, "BitsAllocated", "US", 64), "x.dcm") == (0.0, 2.0 ** 64 - 1)
+
+
+@pytest.mark.parametrize("keyword", ["RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"])
+def test_non_finite_rescale_or_window_names_the_file_given(keyword):
+    ds = _set(_dataset(STORED, RescaleSlope=1, RescaleIntercept=0, WindowCenter=2048, WindowWidth=2048),
+              keyword, "DS", "inf")
+    with pytest.raises(DicomError, match=rf"^x\.dcm: {keyword} \(0028,10..\) is .*; expected finite numbers"):
+        _float(ds)
+    if keyword.startswith("Rescale"):
+        from support.data.dicom import _modality_range
+        with pytest.raises(DicomError, match=rf"^x\.dcm: {keyword} "):
+            _modality_range(ds, "x.dcm")
+
+
+def test_dataset_without_a_path_is_named_as_such():
+    from support.data.dicom import dicom_to_float
+
+    with pytest.raises(DicomError, match=r"^<dataset>: 2 frames; expected a single radiograph"):
+        dicom_to_float(_dataset(STORED, NumberOfFrames=2))
+
+
+@pytest.mark.parametrize("value", ["2.5", "0", str(2 ** 31)])
+def test_number_of_frames_must_be_a_whole_positive_count(value):
+    ds = _set(_dataset(STORED), "NumberOfFrames", "IS" if "." not in value else "DS", value)
+    with pytest.raises(DicomError, match=r"^x\.dcm: NumberOfFrames \(0028,0008\) is .*; "
+                                         r"expected an integer in 1\.\.2147483647$"):
+        _float(ds)
+
+
+def test_transfer_syntax_without_decoder_names_the_file_given():
+    ds = _dataset(STORED)
+    ds.file_meta.TransferSyntaxUID = uid.MPEG4HP41
+    with pytest.raises(DicomError, match=r"^x\.dcm: transfer syntax MPEG-4 AVC/H\.264 High Profile"):
+        _float(ds)
+
+
+def test_print_lut_shape_names_the_file_given():
+    with pytest.raises(DicomError, match=r"^x\.dcm: PresentationLUTShape \(2050,0020\) is 'LIN OD'"):
+        _float(_dataset(STORED, PresentationLUTShape="LIN OD"))
+
+
+def test_ybr_colour_capture_is_converted_before_its_luminance():
+    from support.data.dicom import dicom_to_float
+
+    # Y, Cb, Cr: the luminance of a YCbCr pixel is its Y, whatever its chroma
+    ybr = np.array([[[128, 100, 150], [200, 140, 110]], [[60, 128, 128], [128, 128, 128]]], np.uint8)
+    ds = _dataset(np.zeros((2, 2)), bits_stored=8, bits_allocated=8, photometric="YBR_FULL")
+    ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+    ds.PixelData = ybr.tobytes()
+    np.testing.assert_allclose(dicom_to_float(ds, "x.dcm"), ybr[..., 0] / 255, atol=1.5 / 255)
+
+
+def test_sixteen_bit_colour_is_divided_by_its_own_range():
+    from support.data.dicom import dicom_to_float
+
+    rgb = np.array([[[65535, 0, 0], [0, 0, 65535]], [[32768, 32768, 32768], [65535, 65535, 65535]]], np.uint16)
+    ds = _dataset(np.zeros((2, 2)), bits_stored=16, photometric="RGB")
+    ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+    ds.PixelData = rgb.tobytes()
+    np.testing.assert_allclose(dicom_to_float(ds, "x.dcm"), [[0.299, 0.114], [32768 / 65535, 1.0]], atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Applying a VOI LUT on a float input")   # the rescaled values are whole
+def test_window_reflection_is_only_for_a_window_on_a_negative_rescale():
+    from pydicom.dataset import Dataset
+
+    # a positive slope below one: no reflection
+    ds = _dataset(STORED, RescaleSlope=0.5, RescaleIntercept=0, WindowCenter=1024, WindowWidth=1024)
+    np.testing.assert_allclose(_float(ds), _window(STORED / 2, 1024, 1024), atol=1e-6)
+    # a negative slope without an intercept is no rescale: the window is on the stored values
+    ds = _dataset(STORED, RescaleSlope=-1, WindowCenter=2048, WindowWidth=2048)
+    np.testing.assert_allclose(_float(ds), _window(STORED, 2048, 2048), atol=1e-6)
+    # a VOI LUT indexed by the (reversed) rescaled values: its output as it stands
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4, 0, 16])
+    item.add_new(0x00283006, "US", [0, 1000, 2000, 3000])
+    ds = _dataset(np.array([[0, 1], [2, 3]]), RescaleSlope=-1, RescaleIntercept=3, VOILUTSequence=[item])
+    np.testing.assert_allclose(_float(ds), [[1, 2 / 3], [1 / 3, 0]], atol=1e-7)

@@ -189,3 +189,193 @@ def test_label_reports_missing_and_bad_entries():
     assert frame.iloc[:2].isna().all().all() and frame.iloc[2]["Pleural Effusion"] == 1
     with pytest.raises(TypeError, match=r"reports\['b'\]: expected str"):
         label_reports(pd.Series(["No effusion.", 3], index=["a", "b"]), progress=False)
+
+
+# ------------------------------------------------------------------ scopes, word by word
+# Neutral words put between a cue and a finding: no finding, cue, verb-led clause or scope stop.
+FILLER = ["today", "again", "at", "the", "right", "lung", "base", "on", "this", "portable", "film", "here"]
+POS, NEG, UNC = 1.0, 0.0, -1.0
+
+
+def _gap(template: str, d: int) -> str:
+    return " ".join(template.format(gap=" ".join(FILLER[:d])).split())
+
+
+# (template with {gap} between cue and finding, label, reach in words, value in scope, value out of scope)
+SCOPES = [
+    # negation looking forward
+    ("There is not {gap} pneumothorax.", "Pneumothorax", 3, NEG, POS),
+    ("Unlikely {gap} pneumonia.", "Pneumonia", 3, NEG, POS),
+    ("Normal {gap} heart size.", "Cardiomegaly", 3, NEG, NAN),          # "heart size" counts only negated
+    ("Unremarkable {gap} heart size.", "Cardiomegaly", 2, NEG, NAN),
+    # negation looking back
+    ("Chest tube {gap} removal.", "Support Devices", 2, NEG, POS),
+    ("Pneumothorax {gap} resolved.", "Pneumothorax", 6, NEG, POS),
+    ("Catheter {gap} removed.", "Support Devices", 6, NEG, POS),
+    ("Effusion {gap} cleared.", "Pleural Effusion", 3, NEG, POS),
+    ("Pneumonia {gap} unlikely.", "Pneumonia", 3, NEG, POS),
+    ("Pneumothorax {gap} excluded.", "Pneumothorax", 2, NEG, POS),
+    ("Effusion {gap} absent.", "Pleural Effusion", 3, NEG, POS),
+    ("Pneumothorax {gap} not seen.", "Pneumothorax", 6, NEG, POS),
+    ("Heart size {gap} normal.", "Cardiomegaly", 4, NEG, NAN),
+    ("Heart size {gap} unremarkable.", "Cardiomegaly", 4, NEG, NAN),
+    # uncertainty written with a negation word, looking back
+    ("Pneumonia {gap} cannot be excluded.", "Pneumonia", 6, UNC, POS),
+    ("Pneumonia {gap} not excluded.", "Pneumonia", 6, UNC, POS),
+    ("Pneumothorax {gap} difficult to exclude.", "Pneumothorax", 6, UNC, POS),
+    ("Effusion {gap} not well seen.", "Pleural Effusion", 6, UNC, POS),
+    # hedges after their finding
+    ("Pneumonia {gap} is likely.", "Pneumonia", 3, UNC, POS),
+    ("Effusion {gap} may be present.", "Pleural Effusion", 6, UNC, POS),
+    ("Effusion {gap} if any.", "Pleural Effusion", 4, UNC, POS),
+    ("Atelectasis {gap} versus consolidation.", "Atelectasis", 0, UNC, POS),
+    ("Effusion {gap}?", "Pleural Effusion", 0, UNC, POS),
+    # a hedge before a finding of its own judges that finding, not its subject
+    ("The opacity is likely {gap} atelectasis.", "Lung Opacity", 3, POS, UNC),
+]
+
+
+def _value(text: str, label: str) -> float:
+    return label_report(text)[label]
+
+
+def _same_value(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+@pytest.mark.parametrize("template,label,reach,inside,outside", SCOPES, ids=[s[0] for s in SCOPES])
+def test_scope_ends_after_exactly_reach_words(template, label, reach, inside, outside):
+    """The finding is in scope at every distance up to ``reach`` words and out at reach + 1."""
+    for d in range(reach + 1):
+        text = _gap(template, d)
+        assert _same_value(_value(text, label), inside), f"{text!r}: {d} words from the cue, expected {inside}"
+    text = _gap(template, reach + 1)
+    assert _same_value(_value(text, label), outside), f"{text!r}: {reach + 1} words, expected {outside}"
+
+
+def test_question_mark_reaches_one_word_forward():
+    assert _value("?effusion.", "Pleural Effusion") == UNC
+    assert _value("?left effusion.", "Pleural Effusion") == UNC
+    assert _value("?left basal effusion.", "Pleural Effusion") == POS
+
+
+@pytest.mark.parametrize("template,label,value", [
+    ("No {gap} pneumothorax.", "Pneumothorax", NEG),
+    ("Without {gap} effusion.", "Pleural Effusion", NEG),
+    ("Cannot exclude {gap} pneumonia.", "Pneumonia", UNC),
+    ("Possible {gap} pneumonia.", "Pneumonia", UNC),
+    ("Findings may represent {gap} pneumonia.", "Pneumonia", UNC),
+])
+def test_clause_scopes_reach_any_distance_within_the_clause(template, label, value):
+    for d in range(len(FILLER) + 1):
+        assert _value(_gap(template, d), label) == value, _gap(template, d)
+
+
+@pytest.mark.parametrize("text", [
+    "No pneumothorax. Small effusion.",                         # sentence end
+    "No pneumothorax; small effusion.",
+    "No pneumothorax: small effusion.",
+    "No pneumothorax - small effusion.",
+    "No pneumothorax but small effusion.",
+    "No pneumothorax, however small effusion.",
+    "No pneumothorax, although small effusion.",
+    "No pneumothorax, though small effusion.",
+    "No pneumothorax whereas small effusion.",
+    "No pneumothorax except a small effusion.",
+    "No pneumothorax other than a small effusion.",
+    "No pneumothorax, and there is a small effusion.",
+    "No pneumothorax and the effusion is small.",
+    "No pneumothorax, effusion has increased.",                # a comma before words with their own verb
+    "No pneumothorax with effusion.",                           # scope stops at "with", "after", "following"
+    "No pneumothorax after effusion.",
+    "No pneumothorax following effusion.",
+    "FINDINGS: No pneumothorax\nIMPRESSION: effusion",          # each section ends a sentence
+])
+def test_negation_stops_at_clause_and_sentence_boundaries(text):
+    labels = label_report(text)
+    assert labels["Pneumothorax"] == NEG and labels["Pleural Effusion"] == POS, (text, extract_mentions(text))
+
+
+@pytest.mark.parametrize("text", [
+    "Possible pneumonia. Small effusion.",
+    "Possible pneumonia; small effusion.",
+    "Possible pneumonia but small effusion.",
+    "Possible pneumonia, and there is a small effusion.",
+    "Possible pneumonia with effusion.",
+])
+def test_uncertainty_stops_at_clause_and_sentence_boundaries(text):
+    labels = label_report(text)
+    assert labels["Pneumonia"] == UNC and labels["Pleural Effusion"] == POS, text
+
+
+@pytest.mark.parametrize("text", [
+    "No pneumothorax, effusion or consolidation.",
+    "No pneumothorax, effusion, or consolidation is seen.",
+    "No pneumothorax and effusion and consolidation.",
+    "No findings consistent with pneumothorax, effusion or consolidation.",   # "consistent with" does not stop
+])
+def test_a_list_after_the_cue_keeps_its_negation(text):
+    labels = label_report(text)
+    assert (labels["Pneumothorax"], labels["Pleural Effusion"], labels["Consolidation"]) == (NEG, NEG, NEG), text
+
+
+# ------------------------------------------------------------------ predicates and their complement
+def test_hedge_after_its_finding_qualifies_it():
+    assert _value("Pneumonia is likely.", "Pneumonia") == UNC
+    assert _value("Pneumonia is favored.", "Pneumonia") == UNC
+    assert _value("Pneumonia is unlikely.", "Pneumonia") == NEG
+
+
+def test_hedge_with_a_finding_of_its_own_judges_only_that_one():
+    labels = label_report("The opacity is likely atelectasis.")
+    assert (labels["Lung Opacity"], labels["Atelectasis"]) == (POS, UNC)
+    labels = label_report("The opacity is unlikely pneumonia.")
+    assert (labels["Lung Opacity"], labels["Pneumonia"]) == (POS, NEG)
+
+
+def test_a_finding_after_than_is_no_complement():
+    labels = label_report("Effusion is more likely than pneumothorax.")
+    assert (labels["Pleural Effusion"], labels["Pneumothorax"]) == (UNC, UNC)
+
+
+# ------------------------------------------------------------------ mentions and frames
+def test_extract_mentions_in_reading_order_with_clause_and_value():
+    mentions = extract_mentions("FINDINGS: No pneumothorax. Possible left effusion.\nIMPRESSION: Cardiomegaly.")
+    assert [(m.label, m.phrase, m.clause, m.value) for m in mentions] == [
+        ("Pneumothorax", "pneumothorax", "no pneumothorax.", NEG),
+        ("Pleural Effusion", "effusion", "possible left effusion.", UNC),
+        ("Cardiomegaly", "cardiomegaly", "cardiomegaly.", POS),
+    ]
+    assert extract_mentions("INDICATION: pneumonia?\nFINDINGS: Normal.") == []
+
+
+def test_label_reports_of_nothing_is_an_empty_frame_with_every_column():
+    frame = label_reports([], progress=False)
+    assert list(frame.columns) == list(CHEXPERT_LABELS) and len(frame) == 0
+    assert all(dtype == float for dtype in frame.dtypes)
+
+
+def test_label_reports_names_the_position_of_a_bad_entry_in_a_list():
+    with pytest.raises(TypeError, match=r"reports\[1\]: expected str \(or None for a missing report\), got int"):
+        label_reports(["No effusion.", 3], progress=False)
+
+
+def test_declaring_cues_and_phrases():
+    """The tables above are declared with ``_t``/``_p`` at import time, so their defaults are
+    checked here: a cue with no scope given reaches forward to the end of its clause and never
+    back, judges every phrase and is no predicate; a phrase counts negated or not and is judged
+    by the words after it."""
+    from support.data.labeler import _CLAUSE, _OFF, _p, _t
+
+    cue = _t(r"\bzz\b")
+    assert (cue.regex.pattern, cue.forward, cue.backward) == (r"\bzz\b", _CLAUSE, _OFF)
+    assert (cue.negative_only_targets, cue.predicate) == (False, False)
+    cue = _t(r"\byy\b", 2, 5, negative_only_targets=True, predicate=True)
+    assert (cue.regex.pattern, cue.forward, cue.backward, cue.negative_only_targets, cue.predicate) == (
+        r"\byy\b", 2, 5, True, True)
+    assert cue.regex.search("a yy b") and not cue.regex.search("ayy")
+    phrase = _p(r"\bzz\b")
+    assert (phrase.regex.pattern, phrase.negative_only, phrase.closed) == (r"\bzz\b", False, False)
+    phrase = _p(r"\byy\b", negative_only=True, closed=True)
+    assert (phrase.regex.pattern, phrase.negative_only, phrase.closed) == (r"\byy\b", True, True)
+    assert phrase.regex.search("yy")

@@ -185,9 +185,8 @@ def dicom_to_float(ds, path: Any = "<dataset>", apply_voi: bool = True) -> np.nd
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if raw.ndim == 3 and raw.shape[-1] == 3:
         # A colour capture of a radiograph (rare): luminance, already display-ready 8-bit.
-        if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
-            raw = convert_color_space(raw, photometric, "RGB")
+        # pydicom (3.x, pinned) decodes YBR_FULL/YBR_FULL_422/... to RGB already: converting again
+        # would shift every pixel by its chroma.
         gray = raw.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
         return np.clip(gray / (2.0 ** _integer(ds, "BitsStored", path, 1, 32, 8) - 1), 0, 1).astype(np.float32)
     if raw.ndim != 2:
@@ -209,6 +208,12 @@ def dicom_to_float(ds, path: Any = "<dataset>", apply_voi: bool = True) -> np.nd
                 values = apply_voi_lut(values, ds)
             except ValueError as exc:  # e.g. a window width below 1
                 raise DicomError(f"{path}: the VOI LUT/window cannot be applied ({exc})") from None
+            slope = _reals(ds, "RescaleSlope", path)
+            if not has_lut and slope and slope[0] < 0 and _reals(ds, "RescaleIntercept", path):
+                # pydicom rescales the window's output range (y_min, y_max) by the slope, which a
+                # negative slope reverses: that would invert the image. PS3.3 C.11.2.1.2 maps
+                # values below the window to the minimum of the range, so reflect back.
+                values = lo + hi - np.asarray(values, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
     if hi <= lo:
         raise DicomError(f"{path}: empty value range [{lo}, {hi}] after the LUT steps")

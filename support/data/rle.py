@@ -36,7 +36,7 @@ def _runs(text: str) -> np.ndarray:
     """The (first, length) pairs of an RLE string as an (N, 2) array."""
     try:
         nums = np.array([int(t) for t in text.split()], dtype=np.int64)
-    except ValueError:
+    except (ValueError, OverflowError):   # OverflowError: a number past int64 ("99999999999999999999")
         raise ValueError(f"RLE: expected integers, got {text[:40]!r}") from None
     if nums.size % 2 or (nums < 0).any():
         raise ValueError("RLE: expected non-negative (start or gap, length) pairs")
@@ -63,6 +63,8 @@ def rle_decode(rle: str, width: int, height: int, convention: str = "relative") 
     if text in ("", "-1"):
         return mask.reshape(width, height).T
     runs = _runs(text)
+    if runs.max() > mask.size:   # past the end whatever the convention; also keeps the sums below int64
+        raise ValueError(f"RLE ({convention}): {runs.max()} is past the end of a {width}x{height} mask")
     starts = _starts(runs, convention)
     ends = starts + runs[:, 1]
     if ends.max() > mask.size:

@@ -5,13 +5,16 @@ stage-2 ``stage_2_train.csv``: one row per pneumothorax component, ``-1`` for no
 RLE (:mod:`support.data.rle`): relative in ``train-rle.csv``, absolute (Kaggle's standard) in
 ``stage_2_train.csv``. Each is decoded in its own file's convention and kept in the record table in
 the project's relative one. DICOMs sit anywhere below the root as
-``.../<StudyUID>/<SeriesUID>/<ImageId>.dcm``. ``ImageId`` is an anonymised UID and is the
-subject id, so the split by hash never puts two rows of one image on both sides (the original
-row-wise split can).
+``.../<StudyUID>/<SeriesUID>/<ImageId>.dcm``. The split is by patient (the original split is by
+row and can leak images of one patient across splits): images are grouped by the DICOM
+``PatientID``, which is never copied out; the subject id is a salted hash of it
+(:func:`pseudonym`). An image without a PatientID is its own subject (its ``ImageId``), counted
+in a note of the summary.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -24,6 +27,27 @@ from support.data.rle import rle_decode, rle_encode
 KIND = "siim-acr"
 # The label files, in the order they are looked for, and the RLE convention each is written in.
 RLE_TABLES = {"train-rle.csv": "relative", "stage_2_train.csv": "absolute"}
+
+
+# Salt of the pseudonymous subject ids: the same PatientID gives the same subject id on any machine.
+PSEUDONYM_SALT = "synthcxr:siim-acr:subject"
+
+
+def pseudonym(patient_id: str) -> str:
+    """A subject id for a DICOM PatientID that does not contain it: a salted sha256, shortened."""
+    return "siim-" + hashlib.sha256(f"{PSEUDONYM_SALT}:{patient_id}".encode()).hexdigest()[:16]
+
+
+def _patient_id(path: Path) -> str:
+    """The file's PatientID, only to group its images ("" when absent or unreadable); the header
+    reader (:class:`support.data.dicom.DicomHeader`) deliberately leaves it out."""
+    from support.data.dicom import DicomError, _dcmread
+
+    try:
+        ds = _dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+    except (DicomError, FileNotFoundError):   # its header was read just before: only a vanished file
+        return ""
+    return str(ds.get("PatientID", "") or "").strip()
 
 
 def _index_dicoms(root: Path) -> dict[str, Path]:
@@ -58,7 +82,7 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
             continue
         rles.setdefault(image_id, []).append(r["EncodedPixels"].strip())
 
-    records = []
+    records, without_patient = [], 0
     for image_id, runs in tqdm(rles.items(), desc="reading SIIM headers", unit="file",
                                disable=len(rles) < 2000, leave=False):
         path = dicoms.get(image_id)
@@ -78,12 +102,17 @@ def load(root: str | os.PathLike, *, strict: bool = False, verify_images: bool =
         except ValueError as exc:
             summary.skip("bad mask", path, f"{image_id}: {exc}")
             continue
+        patient = _patient_id(path)
+        without_patient += not patient
+        subject = pseudonym(patient) if patient else image_id
         rec = empty_record(KIND)
-        rec.update(subject_id=image_id, study_id=image_id, image_id=image_id, view=view,
-                   path=str(path), split=patient_split(image_id, fractions), sex=header.sex,
+        rec.update(subject_id=subject, study_id=image_id, image_id=image_id, view=view,
+                   path=str(path), split=patient_split(subject, fractions), sex=header.sex,
                    age=header.age, Pneumothorax=1.0 if positive else 0.0,
                    source_labels=["Pneumothorax"] if positive else ["No Pneumothorax"],
                    masks=[{"label": "Pneumothorax", "rle": rle, "width": header.columns,
                            "height": header.rows} for rle in (masks or ["-1"])])
         records.append(rec)
+    if without_patient:
+        summary.note(f"{without_patient} image(s) without a PatientID: each is its own subject (its ImageId)")
     return finish(records, summary, verify_images)
