@@ -12,8 +12,8 @@ from support.cleanup import (
     evaluate_cleanup, load_text_truth, masked_psnr, masked_ssim, match_items, read_cleanup_records,
 )
 from support.cleanup.detect import DBNetDetector, MarkerDetector
-from support.cleanup.masks import dilate, polygon_mask
-from support.cleanup.pixels import read_pixels
+from support.cleanup.masks import box_region, dilate, grow, polygon_mask, sam_mask
+from support.cleanup.pixels import composite, from_unit, read_pixels, to_unit, value_span
 from support.cleanup.synthetic import burn_text, radiograph_background, synthetic_text_images, write_text_dataset
 from support.data.adapters import load_dataset
 from support.data.records import RecordError
@@ -77,6 +77,191 @@ def test_polygons_are_grown_and_dilated_by_the_configured_amounts():
     d = dilate(point, 5, 2)   # a 5x5 square twice: 9x9
     assert d.sum() == 81 and d[21:30, 21:30].all()
     assert np.array_equal(dilate(point, 5, 0), point)
+
+
+def _box(x0, y0, x1, y1):
+    poly = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
+    return TextBox(x0, y0, x1, y1, 1.0, "dbnet", poly)
+
+
+def _point(shape=(41, 41), at=(20, 20)):
+    mask = np.zeros(shape, bool)
+    mask[at] = True
+    return mask
+
+
+def test_grow_offsets_a_pixel_by_a_round_disk_of_the_radius():
+    assert np.array_equal(grow(_point((5, 5), (2, 2)), 1), np.array(
+        [[0, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]], bool))
+    assert np.array_equal(grow(_point((5, 5), (2, 2)), 2), np.array(
+        [[0, 0, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 1, 0, 0]], bool))
+    yy, xx = np.mgrid[-20:21, -20:21]
+    for r in (1, 2, 3, 4, 6, 9):
+        g = grow(_point(), r)
+        assert g.dtype == bool
+        ys, xs = np.nonzero(g)
+        assert (ys.min(), ys.max(), xs.min(), xs.max()) == (20 - r, 20 + r, 20 - r, 20 + r), r
+        assert g[np.hypot(yy, xx) <= r].all()                       # every pixel within r
+        assert not g[20 - r, 20 - r] and not g[20 + r, 20 + r]     # not the square's corners
+        assert np.array_equal(g, g[::-1]) and np.array_equal(g, g[:, ::-1])       # symmetric about the pixel
+    for nothing in (0, -3):
+        assert np.array_equal(grow(_point(), nothing), _point())
+    assert grow(np.zeros((9, 9), np.uint8), 3).dtype == bool and not grow(np.zeros((9, 9), np.uint8), 3).any()
+    assert np.array_equal(grow(_point().astype(np.uint8) * 255, 0), _point())
+
+
+@pytest.mark.parametrize("kernel, iterations", [(3, 1), (3, 2), (5, 1), (5, 2), (5, 3), (7, 2), (2, 1)])
+def test_dilate_grows_a_pixel_to_the_square_footprint(kernel, iterations):
+    d = dilate(_point(), kernel, iterations)
+    side = 1 + iterations * (kernel - 1)
+    ys, xs = np.nonzero(d)
+    assert d.dtype == bool and d.sum() == side * side
+    assert ys.max() - ys.min() + 1 == side and xs.max() - xs.min() + 1 == side
+    assert d[ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()
+    if kernel % 2:                                              # odd kernels: centred on the pixel
+        half = iterations * (kernel - 1) // 2
+        assert (ys.min(), xs.min()) == (20 - half, 20 - half)
+
+
+def test_dilate_defaults_and_no_ops():
+    assert dilate(_point()).sum() == 81 and np.nonzero(dilate(_point()))[0].min() == 16   # 5 x 5, twice
+    for kernel, iterations in ((1, 3), (0, 2), (5, 0), (5, -1)):
+        out = dilate(_point().astype(np.uint8) * 7, kernel, iterations)
+        assert out.dtype == bool and np.array_equal(out, _point())
+    assert not dilate(np.zeros((9, 9), bool), 5, 2).any()
+
+
+def test_polygon_mask_fills_the_rounded_polygons_and_grows_them():
+    shape = (40, 60)
+    rect = _box(10.4, 5.0, 30.6, 9.0)                        # x 10..31, y 5..9 after rounding, edges inside
+    expected = np.zeros(shape, bool)
+    expected[5:10, 10:32] = True
+    assert np.array_equal(polygon_mask([rect], shape, grow_px=0), expected)
+    other = _box(40, 20, 45, 30)
+    expected[20:31, 40:46] = True
+    both = polygon_mask([rect, other], shape + (3,), grow_px=0)   # (H, W, 3): the mask is (H, W)
+    assert both.shape == shape and np.array_equal(both, expected)
+    assert np.array_equal(polygon_mask([rect, other], shape, grow_px=2), grow(expected, 2))
+    assert np.array_equal(polygon_mask([rect, other], shape), grow(expected, 4))   # default: 4 pixels
+    assert not polygon_mask([], shape).any() and polygon_mask([], shape).shape == shape
+
+
+def test_box_region_is_the_outward_rounded_box_plus_margin_inside_the_image():
+    expected = np.zeros((30, 50), bool)
+    expected[18:27, 8:33] = True                    # floor(10.2) - 2, ceil(30.1) + 2; floor(20.7) - 2, ceil(25) + 2
+    assert np.array_equal(box_region(_box(10.2, 20.7, 30.1, 25.0), (30, 50), 2), expected)
+    expected = np.zeros((30, 50), bool)
+    expected[20:25, 10:30] = True
+    assert np.array_equal(box_region(_box(10.0, 20.0, 30.0, 25.0), (30, 50, 3), 0), expected)
+    edge = box_region(_box(1.5, 0.5, 48.5, 29.5), (30, 50), 3)     # clipped to the image
+    assert edge.all() and edge.shape == (30, 50)
+    corner = box_region(_box(45.0, 26.0, 50.0, 30.0), (30, 50), 1)
+    expected = np.zeros((30, 50), bool)
+    expected[25:30, 44:50] = True
+    assert np.array_equal(corner, expected)
+
+
+class _FakeSam:
+    def __init__(self, masks):
+        self.masks, self.calls = masks, []
+
+    def box_masks(self, image, boxes):
+        self.calls.append((image, boxes))
+        return self.masks
+
+
+def test_sam_masks_are_kept_inside_their_boxes_and_fall_back_to_polygons():
+    shape = (60, 80)
+    image = np.zeros(shape, np.uint8)
+    boxes = [_box(10, 10, 20, 20), _box(40, 30, 50, 35), _box(60, 45, 70, 50)]
+    everything = np.ones(shape, bool)
+    nothing = np.zeros(shape, bool)
+    outside = np.zeros(shape, bool)
+    outside[0:3, 0:3] = True                                   # far from the third box
+    sam = _FakeSam([everything, nothing, outside])
+    union, fallbacks = sam_mask(sam, image, boxes, margin=3, grow_px=2)
+    expected = box_region(boxes[0], shape, 3) | polygon_mask([boxes[1]], shape, 2) | polygon_mask([boxes[2]], shape, 2)
+    assert np.array_equal(union, expected) and fallbacks == 2
+    assert sam.calls[0][0] is image and sam.calls[0][1] == [[10, 10, 20, 20], [40, 30, 50, 35], [60, 45, 70, 50]]
+    # the defaults: margin 4, grow 4
+    union, fallbacks = sam_mask(_FakeSam([everything, nothing, nothing]), image, boxes)
+    expected = box_region(boxes[0], shape, 4) | polygon_mask(boxes[1:], shape, 4)
+    assert np.array_equal(union, expected) and fallbacks == 2
+    # no boxes: SAM is not asked
+    sam = _FakeSam([])
+    union, fallbacks = sam_mask(sam, image, [])
+    assert union.shape == shape and union.dtype == bool and not union.any() and fallbacks == 0 and sam.calls == []
+
+
+def test_composite_takes_the_fill_inside_the_mask_and_the_original_bit_for_bit_outside():
+    rng = np.random.default_rng(0)
+    for dtype, shape in ((np.uint8, (20, 30)), (np.uint16, (20, 30)), (np.uint8, (20, 30, 3))):
+        top = np.iinfo(dtype).max
+        original = rng.integers(0, top, shape, endpoint=True).astype(dtype)
+        filled = rng.integers(0, top, shape, endpoint=True).astype(dtype)
+        mask = rng.random(shape[:2]) < 0.3
+        keep = original.copy()
+        out = composite(original, filled, mask)
+        assert out.dtype == dtype and out.shape == shape
+        assert np.array_equal(out[~mask], original[~mask]) and np.array_equal(out[mask], filled[mask])
+        assert np.array_equal(original, keep) and out is not original         # the input is left alone
+    with pytest.raises(ValueError, match="does not match"):
+        composite(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint16), np.ones((8, 8), bool))
+    with pytest.raises(ValueError, match="does not match"):
+        composite(np.zeros((8, 8), np.uint8), np.zeros((8, 9), np.uint8), np.ones((8, 8), bool))
+
+
+def test_value_span_is_the_bit_depth_for_8_bit_and_the_own_range_for_16_bit():
+    assert value_span(np.array([[10, 20]], np.uint8)) == (0.0, 255.0)
+    assert value_span(np.array([[7, 7]], np.uint8)) == (0.0, 255.0)
+    assert value_span(np.array([[1000, 4095], [2000, 1500]], np.uint16)) == (1000.0, 4095.0)
+    assert value_span(np.array([[0, 65535]], np.uint16)) == (0.0, 65535.0)
+    assert value_span(np.array([[300, 300]], np.uint16)) == (0.0, 65535.0)    # flat: the full range
+    assert value_span(np.array([[300, 301]], np.uint16)) == (300.0, 301.0)
+
+
+def test_to_unit_maps_the_span_to_zero_and_one():
+    u8 = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    unit = to_unit(u8)
+    assert unit.dtype == np.float32 and unit.shape == (16, 16)
+    np.testing.assert_allclose(unit, u8 / 255.0, rtol=1e-6, atol=0)
+    assert unit.min() == 0.0 and unit.max() == 1.0
+    u16 = np.array([[1000, 4095], [2000, 1500]], np.uint16)
+    np.testing.assert_allclose(to_unit(u16), (u16 - 1000.0) / 3095.0, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(to_unit(u16, (0.0, 8000.0)), u16 / 8000.0, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(to_unit(u8, (100.0, 200.0)), (u8 - 100.0) / 100.0, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("values", [
+    np.arange(256, dtype=np.uint8),
+    np.arange(65536, dtype=np.uint16),
+    np.arange(100, 4096, dtype=np.uint16),            # a 12-bit film in a 16-bit container
+    np.array([30000, 30001, 30000], np.uint16),
+])
+def test_to_unit_and_from_unit_round_trip_exactly(values):
+    image = values.reshape(1, -1)
+    assert np.array_equal(from_unit(to_unit(image), image), image)
+    rgb = np.repeat(image[..., None], 3, axis=2)
+    rgb[..., 1] = image[::-1].reshape(-1)[::-1]
+    assert np.array_equal(from_unit(to_unit(rgb), rgb), rgb)
+    span = (0.0, float(np.iinfo(image.dtype).max))
+    assert np.array_equal(from_unit(to_unit(image, span), image, span), image)
+
+
+def test_from_unit_clips_converts_channels_and_saturates():
+    like16 = np.array([[1000, 4095]], np.uint16)                                   # span 1000..4095
+    assert from_unit(np.array([[-0.5, 1.5]]), like16).tolist() == [[1000, 4095]]   # overshoot clipped to [0, 1]
+    assert from_unit(np.array([[0.0, 0.5, 1.0]]), like16).tolist() == [[1000, 2548, 4095]]
+    assert from_unit(np.array([[0.5]]), like16, (0.0, 100.0)).tolist() == [[50]]
+    assert from_unit(np.array([[1.0, 0.0]]), np.zeros((1, 2), np.uint8), (0.0, 300.0)).tolist() == [[255, 0]]
+    assert from_unit(np.array([[0.2]]), np.zeros((1, 1), np.uint8)).dtype == np.uint8
+    gray = np.array([[0.0, 0.5, 1.0]], np.float32)
+    rgb_like = np.zeros((1, 3, 3), np.uint8)
+    out = from_unit(gray, rgb_like)
+    assert out.shape == (1, 3, 3) and out.dtype == np.uint8
+    assert out[..., 0].tolist() == out[..., 1].tolist() == out[..., 2].tolist() == [[0, 128, 255]]
+    colour = np.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]]], np.float32)
+    assert from_unit(colour, np.zeros((1, 4), np.uint8)).tolist() == [[76, 150, 29, 255]]   # ITU-R 601 luminance
 
 
 def test_default_cleanup_removes_text_and_touches_nothing_else(cleaner, text_set):

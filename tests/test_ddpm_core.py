@@ -162,6 +162,100 @@ def test_plain_loss_and_bad_weighting():
         loss_weights(sched, t, "epsilon", "p2")
 
 
+# ------------------------------------------------------------------------------------ EMA
+class _Net(torch.nn.Linear):
+    config = {"in_features": 3, "out_features": 2}
+
+
+def _ema_pytorch_reference(weights, beta, every, after):
+    """ema_pytorch's ``EMA.update()`` called after each optimizer update, written out in float64.
+
+    Its counter ``c`` (0-based, the updates done before this one) moves the EMA when
+    ``c % every == 0``: a copy of the weights while ``c <= after``; then, the first time, a copy
+    followed by a move; every move is ``ema += (1 - decay) * (w - ema)`` with
+    ``decay = min(1 - (1 + (c - after))^(-2/3), beta)``. Returns the EMA after each update.
+    """
+    ema, started, out = weights[0].double().clone(), False, []
+    for c, w in enumerate(weights):
+        w = w.double()
+        if c % every == 0:
+            if c <= after:
+                ema = w.clone()
+            else:
+                if not started:
+                    ema, started = w.clone(), True
+                decay = min(1 - (1 + (c - after)) ** (-2 / 3), beta)
+                ema = ema + (1 - decay) * (w - ema)
+        out.append(ema.clone())
+    return out
+
+
+@pytest.mark.parametrize("every, after", [(1, 0), (1, 5), (2, 0), (2, 4), (3, 7), (4, 4), (5, 3), (10, 100)])
+def test_ema_follows_ema_pytorch_after_every_update(every, after):
+    from types import SimpleNamespace
+
+    from support.ddpm.train import ema_model, ema_update
+
+    torch.manual_seed(0)
+    net = _Net(3, 2)
+    beta = 0.99
+    ema = ema_model(net, SimpleNamespace(ema_decay=beta, ema_update_after_step=after, ema_update_every=every))
+    g = torch.Generator().manual_seed(every * 100 + after)
+    seen, shadows, steps = [], [], 160
+    for step in range(1, steps + 1):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.1 + 0.02)
+        seen.append(torch.cat([p.detach().flatten() for p in net.parameters()]).clone())
+        ema_update(ema, net, step, every)
+        shadows.append(torch.cat([s.flatten() for s in ema.shadow_params]).clone())
+        if (step - 1) % every == 0:      # the optimizer updates counted, not the EMA moves
+            assert ema.optimization_step == step
+    expected = _ema_pytorch_reference(seen, beta, every, after)
+    for step, (got, want) in enumerate(zip(shadows, expected), start=1):
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-5, msg=f"after update {step}")
+    # it moves at updates 1, 1 + every, 1 + 2 every, ... and at no other
+    for step in range(2, steps + 1):
+        moved = not torch.equal(shadows[step - 1], shadows[step - 2])
+        assert moved == ((step - 1) % every == 0), step
+    # a copy of the weights until the warm-up starts, an average after it
+    for step in range(1, min(after + 1, steps) + 1, every):
+        torch.testing.assert_close(shadows[step - 1], seen[step - 1], rtol=0, atol=1e-6)   # s - 1 * (s - w)
+    assert (shadows[-1] - seen[-1]).abs().max() > 0.05
+
+
+def test_ema_model_takes_decay_warm_up_and_model_from_the_config():
+    from types import SimpleNamespace
+
+    from diffusers.training_utils import EMAModel
+
+    from support.ddpm.train import ema_model
+
+    net = _Net(3, 2)
+    t = SimpleNamespace(ema_decay=0.97, ema_update_after_step=12, ema_update_every=3)
+    ema = ema_model(net, t)
+    assert isinstance(ema, EMAModel)
+    assert (ema.decay, ema.update_after_step, ema.use_ema_warmup) == (0.97, 12, True)
+    assert ema.model_cls is _Net and ema.model_config == _Net.config
+    assert ema_model(net, t, model_cls=torch.nn.Linear).model_cls is torch.nn.Linear
+    assert ema_model(torch.nn.Linear(3, 2), t).model_config is None
+    # ema_pytorch's warm-up: 0 up to update_after_step + 1, then 1 - (1 + n)^(-2/3) capped at the decay
+    for n in (-5, -1, 0):
+        assert ema.get_decay(12 + 1 + n) == 0.0
+    for n in (1, 2, 5, 30, 100, 200):
+        assert ema.get_decay(12 + 1 + n) == pytest.approx(min(1 - (1 + n) ** (-2 / 3), 0.97), rel=1e-12)
+    assert ema.get_decay(10_000) == 0.97
+    assert torch.equal(ema.shadow_params[0], net.weight.detach()) and ema.shadow_params[0] is not net.weight
+
+    class Recorder(EMAModel):
+        def __init__(self, parameters, **kwargs):
+            super().__init__(parameters, **kwargs)
+            self.kwargs = kwargs
+
+    made = ema_model(net, t, Recorder)
+    assert type(made) is Recorder and made.kwargs["inv_gamma"] == 1.0 and made.kwargs["power"] == 2 / 3
+
+
 # ------------------------------------------------------------------------------------ checkpoints
 def test_a_checkpoint_of_another_unet_is_refused_naming_the_field(tmp_path):
     from support.ddpm.data import SyntheticDiscs

@@ -125,3 +125,161 @@ def test_closest_pairs_gallery(setting, tmp_path):
     assert (tmp_path / "closest.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="by must be"):
         privacy.plot_closest_pairs(audit, s["synthetic"], s["train"], by="both")
+
+
+# ------------------------------------------------------------------------------------ small hand-built cases
+def test_same_patient_pairs_are_every_pair_within_a_patient_and_a_seeded_sample_of_them():
+    ids = [7, "7", 3, 9, 3, 3, 7, 10]                                    # ids compare as text: 7 and "7" are one patient
+    pairs = privacy.same_patient_pairs(ids)
+    assert pairs.dtype == np.int64 and pairs.shape == (6, 2)
+    assert sorted(tuple(sorted(p)) for p in pairs.tolist()) == [(0, 1), (0, 6), (1, 6), (2, 4), (2, 5), (4, 5)]
+    assert privacy.same_patient_pairs(["a", "b", "c"]).shape == (0, 2)
+    assert privacy.same_patient_pairs([]).shape == (0, 2)
+    every = privacy.same_patient_pairs(["a"] * 10)                       # 45 pairs of one patient
+    assert len(every) == 45 and len({tuple(p) for p in every.tolist()}) == 45
+    assert (every[:, 0] != every[:, 1]).all()
+    assert np.array_equal(privacy.same_patient_pairs(["a"] * 10, max_pairs=45), every)
+    some = privacy.same_patient_pairs(["a"] * 10, max_pairs=7, seed=1)
+    rows = [every.tolist().index(p) for p in some.tolist()]            # a subset, in enumeration order, no repeats
+    assert len(some) == 7 and rows == sorted(set(rows))
+    assert np.array_equal(some, privacy.same_patient_pairs(["a"] * 10, max_pairs=7, seed=1))
+    assert not np.array_equal(some, privacy.same_patient_pairs(["a"] * 10, max_pairs=7, seed=2))
+
+
+def _patterns(n, size=8, seed=0):
+    return np.random.default_rng(seed).random((n, size, size)).astype(np.float32)
+
+
+def test_thresholds_are_the_quantile_of_same_patient_similarities():
+    e1, e2 = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
+    # same-patient pairs: p1 cosine 1, p2 cosine 0, p3 cosine 1/sqrt 2; p4 has one image. Rows unscaled.
+    feats = np.array([e1, [3.0, 0, 0], e1, e2, [2.0, 0, 0], [5.0, 5.0, 0], [1.0, 1.0, 1.0]])
+    ids = ["p1", "p1", "p2", "p2", "p3", "p3", "p4"]
+    images = _patterns(7, 16)
+    images[1] = images[0]                                              # p1: the same image twice, SSIM 1
+    index = privacy.build_privacy_index(feats, images, ids, quantile=0.5, pixel_size=8)
+    assert index.feature_threshold == pytest.approx(1 / np.sqrt(2))
+    assert np.allclose(np.linalg.norm(index.train_features, axis=1), 1.0)
+    assert index.train_pixels.shape == (7, 8, 8) and index.pixel_size == 8 and index.quantile == 0.5
+    pix = privacy.ssim_pairs(index.train_pixels[[0, 2, 4]], index.train_pixels[[1, 3, 5]])
+    assert pix[0] == pytest.approx(1.0, abs=1e-5) and pix[1:].max() < 0.5
+    assert index.pixel_threshold == pytest.approx(np.median(pix))
+    assert index.calibration == {"same_patient_pairs": 3, "n_patients_with_pairs": 3,
+                                 "feature_similarity_median": pytest.approx(1 / np.sqrt(2)),
+                                 "pixel_ssim_median": pytest.approx(np.median(pix))}
+    top = privacy.build_privacy_index(feats, images, ids, quantile=1.0, pixel_size=8)
+    assert top.feature_threshold == pytest.approx(1.0) and top.pixel_threshold == pytest.approx(pix.max())
+    low = privacy.build_privacy_index(feats, images, ids, quantile=0.25, pixel_size=8)
+    assert low.feature_threshold == pytest.approx(0.5 / np.sqrt(2))     # linear between 0 and 1/sqrt 2
+    assert privacy.build_privacy_index(feats, images, ids, pixel_size=12).train_pixels.shape == (7, 12, 12)
+    # a seeded sample of the pairs: seed 0 draws p2 and p3 (two of them) or p3 alone, seed 1 p2 alone
+    capped = privacy.build_privacy_index(feats, images, ids, max_pairs=2, seed=0, pixel_size=8)
+    assert capped.calibration["same_patient_pairs"] == 2 and capped.calibration["n_patients_with_pairs"] == 2
+    assert capped.calibration["feature_similarity_median"] == pytest.approx(0.5 / np.sqrt(2))
+    assert privacy.build_privacy_index(feats, images, ids, max_pairs=1, pixel_size=8).feature_threshold == \
+        pytest.approx(1 / np.sqrt(2))
+    assert privacy.build_privacy_index(feats, images, ids, max_pairs=1, seed=1, pixel_size=8).feature_threshold == 0.0
+
+
+def test_build_privacy_index_refuses_inconsistent_input():
+    feats, images, ids = np.eye(4), _patterns(4), ["a", "a", "b", "b"]
+    for q in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"quantile must be in \(0, 1\], got {q}"):
+            privacy.build_privacy_index(feats, images, ids, quantile=q)
+    with pytest.raises(ValueError, match="3 patient ids for 4 training feature rows"):
+        privacy.build_privacy_index(feats, images, ids[:3])
+    with pytest.raises(ValueError, match="3 training images for 4 training feature rows"):
+        privacy.build_privacy_index(feats, images[:3], ids)
+    with pytest.raises(ValueError, match="same-patient pairs are needed"):
+        privacy.build_privacy_index(feats, images, ["a", "b", "c", "d"])
+
+
+def test_nearest_by_cosine_by_hand():
+    index = privacy._l2_normalise(np.array([[1.0, 0, 0], [0, 1.0, 0], [1.0, 1.0, 0], [0, 0, 1.0]]))
+    query = np.array([[5.0, 0, 0], [1.0, 2.0, 0], [0, 0.1, -1.0], [0.5, 0, 1.0]])
+    idx, sim = privacy.nearest_by_cosine(query, index)
+    assert idx.tolist() == [0, 2, 1, 3]
+    assert sim == pytest.approx([1.0, 3 / np.sqrt(10), 0.1 / np.sqrt(1.01), 1 / np.sqrt(1.25)])
+    for chunk in (1, 3):
+        got = privacy.nearest_by_cosine(query, index, chunk=chunk)
+        assert got[0].tolist() == idx.tolist() and got[1] == pytest.approx(sim)
+    with pytest.raises(ValueError, match="feature width 2 differs from the index's 3"):
+        privacy.nearest_by_cosine(query[:, :2], index)
+
+
+def test_ssim_pairs_is_one_for_copies_and_pairs_images_in_order():
+    a = _patterns(3, 16, seed=1)
+    b = np.stack([a[0], _patterns(1, 16, seed=2)[0], np.clip(a[2] + 0.05, 0, 1)])
+    s = privacy.ssim_pairs(a, b)
+    assert s.shape == (3,) and s.dtype == np.float64
+    assert s[0] == pytest.approx(1.0, abs=1e-5) and s[1] < 0.2 and 0.5 < s[2] < 1.0
+    assert privacy.ssim_pairs(a[::-1].copy(), b[::-1].copy()) == pytest.approx(s[::-1])
+    assert privacy.ssim_pairs(a[:0], b[:0]).shape == (0,)
+    # more pairs than one batch of 512: each pair still scored once, against its own partner
+    many = np.repeat(a[1:2], 515, axis=0)
+    partner = many.copy()
+    partner[-1] = b[1]
+    got = privacy.ssim_pairs(many, partner)
+    assert got.shape == (515,) and got[:-1] == pytest.approx(1.0, abs=1e-5) and got[-1] < 0.2
+
+
+def _hand_audit_setting():
+    """Four training images and features; synthetic images flagged in both spaces, one, or neither."""
+    e = np.eye(3)
+    train_pixels = _patterns(4, 8, seed=3)
+    index = privacy.PrivacyIndex(train_features=privacy._l2_normalise(np.array([e[0], e[1], e[2], e[0] + e[1]])),
+                                 train_pixels=train_pixels, pixel_size=8, feature_threshold=0.9,
+                                 pixel_threshold=0.9, quantile=0.95, calibration={"same_patient_pairs": 3})
+    features = np.array([2 * e[0], e[0] + 0.1 * e[2], e[0] - e[1], e[2] + 0.5 * e[0]])
+    fresh = _patterns(2, 8, seed=4)
+    images = np.stack([train_pixels[1], fresh[0], train_pixels[2], fresh[1]])
+    return index, features, images
+
+
+def test_audit_flags_by_rule_and_the_gate_keeps_the_rest():
+    index, features, images = _hand_audit_setting()
+    audit = privacy.audit_memorisation(index, features, images)
+    t = audit.table
+    assert t["synthetic_index"].tolist() == [0, 1, 2, 3]
+    assert t["nn_feature_index"].tolist() == [0, 0, 0, 2]
+    assert t["feature_similarity"].to_numpy() == pytest.approx([1.0, 1 / np.sqrt(1.01), 1 / np.sqrt(2), 1 / np.sqrt(1.25)])
+    assert t["nn_pixel_index"].tolist()[0] == 1 and t["nn_pixel_index"].tolist()[2] == 2
+    assert t["flagged_feature"].tolist() == [True, True, False, False]
+    assert t["flagged_pixel"].tolist() == [True, False, True, False]
+    assert t["flagged"].tolist() == [True, False, False, False]
+    assert audit.flagged.tolist() == [0] and privacy.release_gate(audit).tolist() == [1, 2, 3]
+    s = audit.summary
+    assert (s["n_synthetic"], s["n_flagged"], s["rule"]) == (4, 1, "all")
+    assert (s["share_flagged"], s["share_flagged_feature"], s["share_flagged_pixel"]) == (0.25, 0.5, 0.5)
+    assert (s["feature_threshold"], s["pixel_threshold"], s["quantile"]) == (0.9, 0.9, 0.95)
+    assert s["feature_similarity_max"] == pytest.approx(1.0) and s["pixel_ssim_max"] == pytest.approx(1.0, abs=1e-5)
+    assert s["calibration_same_patient_pairs"] == 3
+    either = privacy.audit_memorisation(index, features, images, rule="any")
+    assert either.table["flagged"].tolist() == [True, True, True, False] and either.summary["rule"] == "any"
+    assert either.flagged.tolist() == [0, 1, 2] and privacy.release_gate(either).tolist() == [3]
+    assert either.summary["n_flagged"] == 3 and either.summary["share_flagged"] == 0.75
+    with pytest.raises(ValueError, match="rule must be 'all' or 'any', got 'both'"):
+        privacy.audit_memorisation(index, features, images, rule="both")
+    with pytest.raises(ValueError, match="3 synthetic images for 4 synthetic feature rows"):
+        privacy.audit_memorisation(index, features, images[:3])
+
+
+def test_a_similarity_equal_to_its_threshold_is_flagged():
+    import dataclasses
+
+    index, features, images = _hand_audit_setting()
+    copy_ssim = privacy.ssim_pairs(images[:1], index.train_pixels[1:2])[0]
+    at = dataclasses.replace(index, feature_threshold=1.0, pixel_threshold=float(copy_ssim))
+    t = privacy.audit_memorisation(at, features[:1], images[:1]).table       # an exact copy: cosine exactly 1
+    assert t.loc[0, "feature_similarity"] == 1.0 and t.loc[0, "pixel_ssim"] == copy_ssim
+    assert t.loc[0, "flagged_feature"] and t.loc[0, "flagged_pixel"] and t.loc[0, "flagged"]
+
+
+def test_an_empty_synthetic_set_flags_nothing():
+    index, features, images = _hand_audit_setting()
+    audit = privacy.audit_memorisation(index, features[:0], images[:0])
+    s = audit.summary
+    assert (s["n_synthetic"], s["n_flagged"]) == (0, 0)
+    assert (s["share_flagged"], s["share_flagged_feature"], s["share_flagged_pixel"]) == (0.0, 0.0, 0.0)
+    assert np.isnan(s["feature_similarity_max"]) and np.isnan(s["pixel_ssim_max"])
+    assert audit.flagged.tolist() == [] and privacy.release_gate(audit).tolist() == []

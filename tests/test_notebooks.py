@@ -2,6 +2,8 @@
 the whole pipeline under the test profile."""
 
 import json
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -35,8 +37,17 @@ def test_notebook_is_stored_clean_with_one_parameters_cell(path):
 @pytest.mark.parametrize("profile", pipeline.PROFILES)
 def test_profile_names_only_declared_parameters(profile):
     notebooks = pipeline.discover(NOTEBOOKS)
+    declared = {nb.name: set(nb.declared) for nb in notebooks}
     path, prof = pipeline.load_profile(NOTEBOOKS / "params", profile)
-    pipeline.validate(path, prof, notebooks, notebooks)  # raises on any unknown name
+    for name, params in prof["notebooks"].items():
+        assert name in declared, f"{profile}: no notebook {name}"
+        assert set(params) <= declared[name], f"{profile}.{name}: undeclared {set(params) - declared[name]}"
+    pipeline.validate(path, prof, notebooks, notebooks)
+    # and validate is what refuses a name a notebook does not declare, naming it
+    first = next(iter(prof["notebooks"]))
+    typo = {**prof, "notebooks": {**prof["notebooks"], first: {**prof["notebooks"][first], "n_stpes": 3}}}
+    with pytest.raises(pipeline.PipelineError, match=f"{first}.*n_stpes"):
+        pipeline.validate(path, typo, notebooks, notebooks)
 
 
 @pytest.mark.notebooks
@@ -49,7 +60,20 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     for p in PATHS:
         assert (root / "html" / f"{p.stem}.html").exists() and f"html/{p.stem}.html" in index
 
-    # 01: the LoRA run of the test profile, loadable weights, measured before/after
+    # 00: the phantom of the profile's size, nothing skipped, every patient in one split
+    data = json.loads((root / "metrics" / "00_data.json").read_text())
+    assert (data["dataset"], data["n_subjects"], data["n_skipped"]) == ("phantom", 60, 0)
+    assert data["n_images"] >= data["n_studies"] >= data["n_subjects"] and data["stand_ins"]
+    from support.data import source
+
+    records, _ = source.load_run_dataset(root)
+    assert len(records) == data["n_images"] and records.groupby("subject_id")["split"].nunique().max() == 1
+    assert set(records["split"]) == {"train", "validate", "test"}
+    # 02: the DDPM trained its updates, and its samples are nearer the real images than an untrained net's
+    ddpm = json.loads((root / "metrics" / "02_ddpm.json").read_text())
+    assert ddpm["updates"] > 0 and np.isfinite(ddpm["final_loss"]) and np.isfinite(ddpm["val_loss_ema"])
+    assert 0 < ddpm["pixel_fd_trained"] < ddpm["pixel_fd_untrained"]
+    assert (Path(ddpm["pipeline"]) / "model_index.json").is_file()
     lora = json.loads((root / "metrics" / "01_lora_t2i.json").read_text())
     assert lora["updates"] == 4 and 0 < lora["trainable_share_unet"] < 0.2
     assert (Path(lora["lora_weights"]) / "pytorch_lora_weights.safetensors").is_file()
@@ -73,6 +97,18 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     cleanup = json.loads((root / "metrics" / "05_cleanup.json").read_text())
     assert cleanup["cleaned_sets"][name]["images"] == 6 and cleanup["cleaned_sets"][name]["skipped"] == 0
     assert f"{name}-cleaned.fd" in evaluation and f"{name}-cleaned.cond_auroc_mean" in evaluation
+    # 05's measured text removal on the phantom: text found, and nothing changed outside the masks
+    for backend in cleanup["backends"]:
+        assert 0 < cleanup[f"{backend}.pixel_recall"] <= 1 and 0 <= cleanup[f"{backend}.det_precision"] <= 1
+        assert cleanup[f"{backend}.outside_changed_pixels"] == 0
+        assert not np.isnan(cleanup[f"{backend}.psnr_after"])          # inf: every text pixel restored exactly
+    # 07: DINO on the real split and each uncleaned synthetic set, every headline a probability or a Dice
+    dino = json.loads((root / "metrics" / "07_ssl_dino.json").read_text())
+    assert set(dino["sources"]) == {"real", "none"} | {p.name for p in (root / "samples").iterdir()
+                                                       if not p.name.endswith("-cleaned")}
+    assert dino["sources"]["none"] == 0 and all(n > 0 for k, n in dino["sources"].items() if k != "none")
+    assert set(dino["encoders"]) == set(dino["sources"]) - {"none"} and dino["headline"]
+    assert all(0 <= v <= 1 for v in dino["headline"].values() if v is not None and np.isfinite(v))
     # 08: both ablations on the real split and on the report-carrying T2I-LoRA set, not on the DDPM's
     cmcgns = json.loads((root / "metrics" / "08_cmcgns_pretrain.json").read_text())
     assert set(cmcgns["sources"]) == {"real", name} and cmcgns["sources"][name] == 6

@@ -9,8 +9,8 @@ import torch
 
 from support.data.labeler import label_report
 from support.params import ParameterError
-from support.t2i.captions import (caption_stats, fit_caption, learn_bpe, report_caption, token_count,
-                                  train_caption_tokenizer)
+from support.t2i.captions import (EOW, caption_stats, clean_text, fit_caption, fit_captions, learn_bpe,
+                                  record_caption, report_caption, report_text, token_count, train_caption_tokenizer)
 from support.t2i.config import PromptConfig, t2i_config, t2i_sampling_config
 from support.t2i.sampling import check_plan, plan_for_findings, plan_from_reports
 
@@ -89,6 +89,177 @@ def test_tokenizer_reloads_as_clip_tokenizer(tokenizer, tmp_path):
     # measuring lengths is unaffected by the padding/truncation of an earlier batch call
     tokenizer([text], padding="max_length", truncation=True, max_length=77)
     assert token_count(tokenizer, text) == len(tokenizer(text).input_ids) < 77
+
+
+def _with_limit(tokenizer, limit):
+    import copy
+
+    short = copy.deepcopy(tokenizer)
+    short.model_max_length = limit
+    return short
+
+
+def _words(n, word="x"):
+    return " ".join([word] * n)
+
+
+@pytest.mark.parametrize("limit", [5, 12, 77])
+def test_a_caption_of_exactly_the_limit_is_kept_and_one_token_more_is_cut(tokenizer, limit):
+    tok = tokenizer if limit == 77 else _with_limit(tokenizer, limit)
+    exact, over = _words(limit - 2), _words(limit - 1)       # "x" is one token; start and end make 2 more
+    assert token_count(tok, exact) == limit and token_count(tok, over) == limit + 1
+    assert fit_caption(exact, tok) == (exact, False)
+    assert fit_caption(over, tok) == (exact, True)
+    assert fit_caption(_words(3 * limit), tok) == (exact, True)
+    assert fit_caption(_words(limit - 3), tok) == (_words(limit - 3), False)
+    stats = caption_stats([exact, over, _words(limit - 3), exact + " " + exact], tok)
+    assert stats == {"n": 4, "truncated": 2, "share_truncated": 0.5, "token_limit": limit,
+                     "mean_tokens": (limit + limit + 1 + limit - 1 + 2 * limit - 2) / 4,
+                     "max_tokens": 2 * limit - 2}
+    assert caption_stats([exact], tok)["truncated"] == 0 and caption_stats([over], tok)["truncated"] == 1
+    fitted, stats = fit_captions([over, exact, _words(limit + 5)], tok)
+    assert fitted == [exact, exact, exact] and stats["truncated"] == 2 and stats["n"] == 3
+
+
+def test_truncation_cuts_at_the_last_whole_token_that_fits(tokenizer):
+    tok = _with_limit(tokenizer, 8)          # 6 tokens of content
+    caption = "pleural effusion x Épanchement x"          # 1 + 1 + 1 + 10 + 1 content tokens
+    assert fit_caption(caption, tok) == ("pleural effusion x Ép", True)   # É is 2 byte tokens, p one
+    # a character of several byte tokens is kept whole or not at all
+    assert token_count(tok, "x x x 肺") == 8 and fit_caption("x x x 肺", tok) == ("x x x 肺", False)
+    assert fit_caption("x x x x 肺", tok) == ("x x x x", True)       # 2 of 肺's 3 byte tokens would fit
+    assert fit_caption("x x x x 肺", _with_limit(tokenizer, 7)) == ("x x x x", True)   # 1 of 3 would fit
+    assert fit_caption("x x x x x É", _with_limit(tokenizer, 8)) == ("x x x x x", True)   # 1 of É's 2
+    assert fit_caption("x x x 肺肺", tok) == ("x x x 肺", True)
+    # the cut is a prefix of the caption: leading space kept, trailing space dropped
+    assert fit_caption("  x x x x x x x", tok) == ("  x x x x x x", True)
+    assert fit_caption("x x x x x x   x", tok) == ("x x x x x x", True)
+    # nothing fits: the empty caption
+    assert fit_caption("x", _with_limit(tokenizer, 2)) == ("", True)
+    assert fit_caption("肺 x", _with_limit(tokenizer, 3)) == ("", True)
+    assert fit_caption("x 肺", _with_limit(tokenizer, 3)) == ("x", True)
+    assert caption_stats([], tok) == {"n": 0, "truncated": 0, "share_truncated": 0.0, "token_limit": 8,
+                                      "mean_tokens": 0.0, "max_tokens": 0}
+
+
+def test_lengths_ignore_the_truncation_and_padding_of_an_earlier_call(tokenizer):
+    long = _words(100)
+    tokenizer([long], truncation=True, max_length=77)
+    assert token_count(tokenizer, long) == 102
+    assert fit_caption(long, tokenizer) == (_words(75), True)
+    tokenizer([long], truncation=True, max_length=77)
+    assert caption_stats([long], tokenizer)["max_tokens"] == 102
+    tokenizer(["x"], padding="max_length", max_length=77)
+    assert token_count(tokenizer, "x x") == 4 and caption_stats(["x"], tokenizer)["max_tokens"] == 3
+
+
+def test_clean_text_and_report_text_fall_back_to_the_other_section():
+    assert clean_text(None) == "" and clean_text(float("nan")) == "" and clean_text(1.5) == "1.5"
+    assert clean_text("  a\n\t b  \r\nc ") == "a b c"
+    assert clean_text("cafe\u0301") == "caf\u00e9"                  # NFC: one code point
+    assert report_text("F.", "I.") == "F. I."
+    assert report_text("F.", "I.", "impression+findings") == "I. F."
+    assert report_text("F.", "I.", "findings") == "F." and report_text("F.", "I.", "impression") == "I."
+    assert report_text("", "I.", "findings") == "I." and report_text("F.", " ", "impression") == "F."
+    assert report_text("", "I.", "findings+impression") == "I." and report_text("F.", "", "impression+findings") == "F."
+    assert report_text(None, None, "impression") == "" and report_text("", "", "findings+impression") == ""
+    for bad in ("finding", "findings+", "findings,impression", "", "Impression"):
+        with pytest.raises(ValueError, match="text_source"):
+            report_text("F.", "I.", bad)
+
+
+def test_captions_of_records_and_templates():
+    assert report_caption("F.", "I.", "  ") == "view_position = unknown. modality = CR. F. I."
+    assert report_caption("F.", "I.", None, template="{view}|{text}") == "unknown|F. I."
+    with pytest.raises(ParameterError, match=r"^caption template: '\{view\} \{report\}' uses \['report'\]"):
+        report_caption("F.", "I.", "PA", template="{view} {report}")
+    assert record_caption({"findings": "F.", "impression": "I.", "view": "AP"}) == \
+        "view_position = AP. modality = CR. F. I."
+    assert record_caption({"impression": "I."}) == "view_position = unknown. modality = CR. I."
+    assert record_caption({"findings": "F."}, "{text} ({view})") == "F. (unknown)"
+    assert record_caption({"view": "PA"}) == "view_position = PA. modality = CR."
+    assert record_caption({"findings": "F.", "impression": "I.", "view": "PA"}, "{text}", "impression") == "I."
+
+
+def _naive_bpe(word_counts, num_merges, min_count=2):
+    """BPE as defined: recount every adjacent pair, merge the most frequent (ties: smallest pair)."""
+    words = {w: list(w[:-1]) + [w[-1] + EOW] for w in word_counts if w}
+    merges = []
+    while len(merges) < num_merges:
+        counts = {}
+        for w, symbols in words.items():
+            for pair in zip(symbols, symbols[1:]):
+                counts[pair] = counts.get(pair, 0) + word_counts[w]
+        if not counts:
+            break
+        best = min(counts, key=lambda p: (-counts[p], p))
+        if counts[best] < min_count:
+            break
+        merges.append(best)
+        for w, symbols in words.items():
+            out, j = [], 0
+            while j < len(symbols):
+                if j + 1 < len(symbols) and (symbols[j], symbols[j + 1]) == best:
+                    out.append(symbols[j] + symbols[j + 1])
+                    j += 2
+                else:
+                    out.append(symbols[j])
+                    j += 1
+            words[w] = out
+    return merges
+
+
+@pytest.mark.parametrize("min_count", [0, 1, 2, 3, 7])
+def test_bpe_equals_the_definition_on_corpora(min_count):
+    import random
+
+    rng = random.Random(min_count)
+    corpora = [
+        {"low": 5, "lower": 2, "newest": 6, "widest": 3},
+        {"aaaa": 3, "aaa": 2, "aa": 4, "a": 1, "abab": 2, "": 9},
+        {w: c for w, c in zip("the lungs are clear no pleural effusion or pneumothorax seen".split(),
+                              [9, 3, 5, 2, 7, 4, 4, 6, 2, 1])},
+        {"".join(rng.choice("abc") for _ in range(rng.randint(1, 7))): rng.randint(1, 6) for _ in range(40)},
+    ]
+    for words in corpora:
+        for n in (0, 1, 2, 5, 500):
+            assert learn_bpe(words, n, min_count) == _naive_bpe(words, n, min_count), (words, n)
+    # a pair seen exactly min_count times is merged, one seen fewer times is not
+    assert learn_bpe({"ab": 3}, 5, 3) == [("a", "b</w>")] and learn_bpe({"ab": 2}, 5, 3) == []
+    assert learn_bpe({"ab": 1, "cd": 1}, 5) == [] and learn_bpe({"ab": 1, "cd": 1}, 5, 1) == [("a", "b</w>"),
+                                                                                            ("c", "d</w>")]
+    assert learn_bpe({"ab": 2}, 5) == [("a", "b</w>")]            # the default min_count is 2
+
+
+def test_tokenizer_vocabulary_has_clips_layout_and_the_asked_size(tokenizer):
+    import json
+
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    small = train_caption_tokenizer(CORPUS, vocab_size=600, max_length=13)
+    assert len(small) == 600 and small.model_max_length == 13
+    assert len(tokenizer) <= 640 and tokenizer.model_max_length == 77
+    assert train_caption_tokenizer(CORPUS, vocab_size=600).model_max_length == 77
+    alphabet = sorted(ByteLevel.alphabet())
+    assert len(alphabet) == 256
+    vocab = small.get_vocab()
+    assert (vocab["<|startoftext|>"], vocab["<|endoftext|>"]) == (0, 1)
+    assert (small.bos_token_id, small.eos_token_id) == (0, 1)
+    assert [vocab[a] for a in alphabet] == list(range(2, 258))
+    assert [vocab[a + EOW] for a in alphabet] == list(range(258, 514))
+    merges = json.loads(small.backend_tokenizer.to_str())["model"]["merges"]
+    assert len(merges) == 600 - 514
+    assert [vocab["".join(m)] for m in merges] == list(range(514, 600))
+    assert small("Effusion").input_ids == small("effusion").input_ids == [0, vocab["effusion" + EOW], 1]
+    assert len(train_caption_tokenizer(CORPUS, vocab_size=515)) == 515
+    with pytest.raises(ValueError, match="vocab_size 514: expected at least 515"):
+        train_caption_tokenizer(CORPUS, vocab_size=514)
+    for empty in ([], ["", "  \n ", None]):
+        with pytest.raises(ValueError, match="corpus is empty"):
+            train_caption_tokenizer(empty, vocab_size=600)
+    # blank texts are left out, not counted: the same merges as without them
+    padded = train_caption_tokenizer(CORPUS + ["", None], vocab_size=600, max_length=13)
+    assert padded.backend_tokenizer.to_str() == small.backend_tokenizer.to_str()
 
 
 def test_parameter_errors_name_the_field():
@@ -171,6 +342,99 @@ def test_check_plan_names_the_bad_row():
         check_plan(good.assign(Cardiomegaly=[0.5, 1.0]))
     with pytest.raises(ValueError, match="row 1: prompt"):
         check_plan(pd.DataFrame({"prompt": ["a", None]}))
+
+
+def _tiny_unet_and_text_encoder():
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+                                norm_num_groups=4, attention_head_dim=2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=16, num_attention_heads=2,
+                                                num_hidden_layers=2, vocab_size=50, max_position_embeddings=16,
+                                                bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    return unet, text_encoder
+
+
+def _adapted(model):
+    """Names of the modules carrying a LoRA adapter, and their (rank, scale)."""
+    return {n: (m.r["default"], m.scaling["default"]) for n, m in model.named_modules() if hasattr(m, "lora_A")}
+
+
+def test_lora_configs_carry_rank_alpha_dropout_and_targets():
+    from support.t2i.config import LoraParams
+    from support.t2i.lora import text_encoder_lora_config, unet_lora_config
+
+    params = LoraParams(rank=3, alpha=6.0, dropout=0.25, target_modules=("to_q", "to_v"), text_encoder_rank=5,
+                        text_encoder_alpha=2.5, text_encoder_target_modules=("q_proj", "out_proj"))
+    unet = unet_lora_config(params)
+    assert (unet.r, unet.lora_alpha, unet.lora_dropout, unet.init_lora_weights) == (3, 6.0, 0.25, "gaussian")
+    assert set(unet.target_modules) == {"to_q", "to_v"}
+    text = text_encoder_lora_config(params)
+    assert (text.r, text.lora_alpha, text.lora_dropout, text.init_lora_weights) == (5, 2.5, 0.25, "gaussian")
+    assert set(text.target_modules) == {"q_proj", "out_proj"}
+
+
+@pytest.mark.parametrize("with_text_encoder", [False, True])
+def test_add_lora_adapts_exactly_the_targets_and_trains_only_the_adapters(with_text_encoder):
+    from support.t2i.config import LoraParams
+    from support.t2i.lora import add_lora, lora_parameters, trainable_parameters
+
+    unet, text_encoder = _tiny_unet_and_text_encoder()
+    params = LoraParams(rank=3, alpha=6.0, target_modules=("to_q", "to_out.0"), text_encoder=with_text_encoder,
+                        text_encoder_rank=2, text_encoder_alpha=1.0, text_encoder_target_modules=("q_proj",))
+    targets = [n for n, _ in unet.named_modules() if n.endswith((".to_q", ".to_out.0"))]
+    text_targets = [n for n, _ in text_encoder.named_modules() if n.endswith(".q_proj")]
+    assert len(targets) == 16 and len(text_targets) == 2
+    sample, t, context = torch.randn(1, 4, 8, 8), torch.tensor([3]), torch.randn(1, 5, 8)
+    ids = torch.tensor([[0, 5, 7, 1]])
+    with torch.no_grad():
+        before = unet(sample, t, context).sample
+        text_before = text_encoder(ids).last_hidden_state
+    add_lora(unet, text_encoder, params)
+    assert _adapted(unet) == {n: (3, 2.0) for n in targets}               # scale alpha / rank
+    assert _adapted(text_encoder) == ({n: (2, 0.5) for n in text_targets} if with_text_encoder else {})
+    with torch.no_grad():                                                  # B = 0: the new adapter changes nothing
+        assert torch.equal(unet(sample, t, context).sample, before)
+        assert torch.equal(text_encoder(ids).last_hidden_state, text_before)
+    trainable = [n for n, p in unet.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert sorted({n.rsplit(".lora_", 1)[0] for n in trainable}) == sorted(targets)
+    text_trainable = [n for n, p in text_encoder.named_parameters() if p.requires_grad]
+    assert all(".lora_A." in n or ".lora_B." in n for n in text_trainable)
+    assert len(text_trainable) == (2 * len(text_targets) if with_text_encoder else 0)
+    # the optimizer gets exactly the adapter tensors; the counts are theirs
+    chosen = lora_parameters(unet, None, text_encoder)
+    expected = [p for p in unet.parameters() if p.requires_grad] + [p for p in text_encoder.parameters() if p.requires_grad]
+    assert len(chosen) == len(expected) and all(a is b for a, b in zip(chosen, expected))
+    modules = dict(unet.named_modules())
+    n_unet = sum(3 * (modules[n].in_features + modules[n].out_features) for n in targets)
+    n_text = 2 * (8 + 8) * len(text_targets) if with_text_encoder else 0
+    counts = trainable_parameters(unet=unet, text_encoder=text_encoder)
+    total_unet, total_text = sum(p.numel() for p in unet.parameters()), sum(p.numel() for p in text_encoder.parameters())
+    assert counts["unet"] == {"trainable": n_unet, "total": total_unet, "share": n_unet / total_unet}
+    assert counts["text_encoder"] == {"trainable": n_text, "total": total_text, "share": n_text / total_text}
+    assert counts["all"] == {"trainable": n_unet + n_text, "total": total_unet + total_text,
+                             "share": (n_unet + n_text) / (total_unet + total_text)}
+
+
+def test_lora_targets_that_match_nothing_and_empty_counts():
+    from support.t2i.config import LoraParams
+    from support.t2i.lora import add_lora, lora_parameters, trainable_parameters
+
+    unet, text_encoder = _tiny_unet_and_text_encoder()
+    with pytest.raises(ValueError, match="to_nothing"):
+        add_lora(unet, text_encoder, LoraParams(target_modules=("to_nothing",)))
+    assert trainable_parameters(empty=torch.nn.Identity()) == {
+        "empty": {"trainable": 0, "total": 0, "share": 0.0}, "all": {"trainable": 0, "total": 0, "share": 0.0}}
+    frozen = torch.nn.Linear(2, 3).requires_grad_(False)
+    half = torch.nn.Sequential(torch.nn.Linear(2, 3), frozen)
+    assert trainable_parameters(half=half, none=torch.nn.Identity())["all"] == {"trainable": 9, "total": 18,
+                                                                              "share": 0.5}
+    assert lora_parameters(frozen, None) == [] and len(lora_parameters(half)) == 2
 
 
 def test_sd21_base_architecture_from_written_configs(tokenizer):

@@ -62,7 +62,7 @@ def _l2_normalise(x) -> np.ndarray:
 
 
 def _standardise_pixels(p: np.ndarray) -> np.ndarray:
-    flat = p.reshape(len(p), -1).astype(np.float64)
+    flat = p.reshape(len(p), int(np.prod(p.shape[1:]))).astype(np.float64)   # -1 fails on an empty set
     flat = flat - flat.mean(axis=1, keepdims=True)
     return flat / np.clip(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12, None)
 
