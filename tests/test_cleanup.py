@@ -191,6 +191,12 @@ def test_sam_masks_are_kept_inside_their_boxes_and_fall_back_to_polygons():
     sam = _FakeSam([])
     union, fallbacks = sam_mask(sam, image, [])
     assert union.shape == shape and union.dtype == bool and not union.any() and fallbacks == 0 and sam.calls == []
+    # an RGB image (SAM takes both) gives the same (H, W) mask
+    rgb = np.zeros(shape + (3,), np.uint8)
+    assert sam_mask(_FakeSam([]), rgb, [])[0].shape == shape
+    union, fallbacks = sam_mask(_FakeSam([everything, nothing, outside]), rgb, boxes, margin=3, grow_px=2)
+    assert union.shape == shape and fallbacks == 2 and np.array_equal(union, sam_mask(
+        _FakeSam([everything, nothing, outside]), image, boxes, margin=3, grow_px=2)[0])
 
 
 def test_composite_takes_the_fill_inside_the_mask_and_the_original_bit_for_bit_outside():
@@ -254,6 +260,7 @@ def test_from_unit_clips_converts_channels_and_saturates():
     assert from_unit(np.array([[0.0, 0.5, 1.0]]), like16).tolist() == [[1000, 2548, 4095]]
     assert from_unit(np.array([[0.5]]), like16, (0.0, 100.0)).tolist() == [[50]]
     assert from_unit(np.array([[1.0, 0.0]]), np.zeros((1, 2), np.uint8), (0.0, 300.0)).tolist() == [[255, 0]]
+    assert from_unit(np.array([[0.0, 0.5, 1.0]]), np.zeros((1, 3), np.uint8), (-100.0, 100.0)).tolist() == [[0, 0, 100]]
     assert from_unit(np.array([[0.2]]), np.zeros((1, 1), np.uint8)).dtype == np.uint8
     gray = np.array([[0.0, 0.5, 1.0]], np.float32)
     rgb_like = np.zeros((1, 3, 3), np.uint8)
