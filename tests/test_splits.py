@@ -9,7 +9,6 @@ MIMIC-CXR, CheXpert, NIH and COVIDx are read as written; where the adapter draws
 from __future__ import annotations
 
 import collections
-import gzip
 from pathlib import Path
 
 import numpy as np
