@@ -71,5 +71,5 @@ def create_run_dir(runs_root: str | os.PathLike, run_id: str) -> RunPaths:
         root.mkdir()
     except FileExistsError:
         raise FileExistsError(f"{root}: run directory already exists; choose another --run-id "
-                              f"or continue it with --resume {root}") from None
+                              f"or continue it with: python -m support.pipeline --resume {root}") from None
     return RunPaths(root).ensure()
