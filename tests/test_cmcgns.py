@@ -8,7 +8,8 @@ import torch
 
 from support.cmcgns.config import cmcgns_config
 from support.cmcgns.data import ReportPairs, collate_pairs
-from support.cmcgns.text import encode_report, report_sentences, train_report_tokenizer, word_vocabulary
+from support.cmcgns.text import encode_report, report_sentences
+from support.core.tokenizer import train_wordpiece, word_vocabulary
 from support.cmcgns.train import NETWORK, pretrain
 from support.data.adapters import load_dataset
 from support.downstream.encoders import load_encoder_folder
@@ -32,7 +33,7 @@ def test_the_tokenizer_is_deterministic_and_marks_each_tokens_sentence():
     vocab = word_vocabulary(corpus, 200)
     assert list(vocab)[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert vocab["no"] < vocab["heart"]                   # by count, then spelling
-    tokenizer = train_report_tokenizer(corpus, 200)
+    tokenizer = train_wordpiece(corpus, 200)
     ids, index = encode_report(tokenizer, ["no pneumothorax", "heart size is normal"], 64)
     assert tokenizer.convert_ids_to_tokens(ids) == ["[CLS]", "no", "pneumothorax", "heart", "size", "is", "normal",
                                                     "[SEP]"]
@@ -56,7 +57,7 @@ def test_pairs_leave_out_laterals_and_studies_without_a_usable_report(records):
     frontal = records.index[records["view"].isin(["PA", "AP"])]
     records.loc[frontal[0], ["findings", "impression"]] = ["", ""]
     records.loc[frontal[1], ["findings", "impression"]] = ["Stable.", ""]
-    tokenizer = train_report_tokenizer(["no pneumothorax"], 200)
+    tokenizer = train_wordpiece(["no pneumothorax"], 200)
     pairs = ReportPairs(records, tokenizer, 64, 32)
     excluded = pairs.summary.excluded
     assert excluded["study without a report"] == 1 and excluded["report that cleans to under 3 words"] == 1

@@ -38,10 +38,11 @@ def batch_of(config, size: int, seed: int = 0) -> tuple[dict[str, torch.Tensor],
     """A batch of ``size`` seeded images and seven-sentence reports (a MIMIC report's length),
     and the tokenizer's vocabulary size."""
     from support.cmcgns.data import collate_pairs
-    from support.cmcgns.text import encode_report, report_sentences, train_report_tokenizer
+    from support.cmcgns.text import encode_report, report_sentences
+    from support.core.tokenizer import train_wordpiece
 
     sentences, _ = report_sentences(REPORT, "")
-    tokenizer = train_report_tokenizer(sentences, config.text.vocab_size)
+    tokenizer = train_wordpiece(sentences, config.text.vocab_size)
     g = torch.Generator().manual_seed(seed)
     items = []
     for i in range(size):

@@ -84,18 +84,19 @@ def _encoder_config(image) -> Any:
 def report_tokenizer(config: CMCGNSConfig, records: pd.DataFrame, output_dir: str | os.PathLike):
     """The local BERT's tokenizer, or one trained on ``records``' report sentences and kept in
     ``output_dir/tokenizer`` (a resumed run reads it back rather than training another)."""
-    from support.cmcgns.text import load_report_tokenizer, report_sentences, train_report_tokenizer
+    from support.cmcgns.text import report_sentences
+    from support.core.tokenizer import load_tokenizer, train_wordpiece
 
     if config.text.model_path:
-        return load_report_tokenizer(config.text.model_path)
+        return load_tokenizer(config.text.model_path)
     folder = Path(output_dir) / TOKENIZER_DIR
     if (folder / "tokenizer.json").is_file():
-        return load_report_tokenizer(folder)
+        return load_tokenizer(folder)
     sentences = [s for _, r in records.iterrows() for s in report_sentences(r.get("findings"), r.get("impression"))[0]]
     if not sentences:
         raise ValueError(f"CM-CGNS: none of {len(records)} records has a report with 3 or more words "
                          "(columns 'findings' and 'impression')")
-    tokenizer = train_report_tokenizer(sentences, config.text.vocab_size)
+    tokenizer = train_wordpiece(sentences, config.text.vocab_size)
     tokenizer.save_pretrained(str(folder))
     return tokenizer
 
