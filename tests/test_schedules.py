@@ -138,7 +138,7 @@ def test_sigmoid_scheduler_carries_every_config_value(n, start, end, tau):
 
 @pytest.mark.parametrize("prediction_type, clip", [("epsilon", False), ("v_prediction", True),
                                                    ("epsilon", True), ("v_prediction", False)])
-@pytest.mark.parametrize("schedule", ["linear", "cosine", "sigmoid"])
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "cosine", "sigmoid"])
 def test_every_schedule_passes_prediction_type_clipping_and_variance(schedule, prediction_type, clip):
     sched = make_noise_scheduler(NoiseConfig(num_train_timesteps=30, beta_schedule=schedule,
                                              prediction_type=prediction_type, clip_sample=clip))
@@ -152,6 +152,14 @@ def test_linear_scheduler_spans_beta_start_to_beta_end(n, beta_start, beta_end):
     sched = make_noise_scheduler(NoiseConfig(num_train_timesteps=n, beta_schedule="linear",
                                              beta_start=beta_start, beta_end=beta_end))
     np.testing.assert_allclose(sched.betas.numpy(), np.linspace(beta_start, beta_end, n), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n, beta_start, beta_end", [(1000, 0.00085, 0.012), (40, 1e-3, 0.2)])
+def test_scaled_linear_scheduler_is_linear_in_the_square_root_of_beta(n, beta_start, beta_end):
+    sched = make_noise_scheduler(NoiseConfig(num_train_timesteps=n, beta_schedule="scaled_linear",
+                                             beta_start=beta_start, beta_end=beta_end))
+    expected = np.linspace(beta_start ** 0.5, beta_end ** 0.5, n) ** 2     # SD's (and XGeM's) schedule
+    np.testing.assert_allclose(sched.betas.numpy(), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("n", [1000, 20])

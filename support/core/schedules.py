@@ -20,10 +20,10 @@ class NoiseConfig(Checked):
     """The forward process and what the network predicts."""
 
     num_train_timesteps: int = 1000
-    beta_schedule: Literal["linear", "cosine", "sigmoid"] = "sigmoid"
+    beta_schedule: Literal["linear", "scaled_linear", "cosine", "sigmoid"] = "sigmoid"
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
-    beta_start: float = 1e-4        # linear schedule only
-    beta_end: float = 0.02          # linear schedule only
+    beta_start: float = 1e-4        # linear schedules only
+    beta_end: float = 0.02          # linear schedules only (scaled_linear: linear in sqrt(beta), as SD)
     sigmoid_start: float = -3.0     # sigmoid schedule (Jabri et al. 2022) only
     sigmoid_end: float = 3.0
     sigmoid_tau: float = 1.0
@@ -70,12 +70,14 @@ def make_noise_scheduler(cfg: NoiseConfig):
                   clip_sample=cfg.clip_sample, variance_type="fixed_small")
     if cfg.beta_schedule == "linear":
         return DDPMScheduler(beta_schedule="linear", beta_start=cfg.beta_start, beta_end=cfg.beta_end, **common)
+    if cfg.beta_schedule == "scaled_linear":
+        return DDPMScheduler(beta_schedule="scaled_linear", beta_start=cfg.beta_start, beta_end=cfg.beta_end, **common)
     if cfg.beta_schedule == "cosine":
         return DDPMScheduler(beta_schedule="squaredcos_cap_v2", **common)
     if cfg.beta_schedule == "sigmoid":
         betas = sigmoid_betas(cfg.num_train_timesteps, cfg.sigmoid_start, cfg.sigmoid_end, cfg.sigmoid_tau)
         return DDPMScheduler(trained_betas=betas.tolist(), **common)
-    raise ValueError(f"noise.beta_schedule {cfg.beta_schedule!r}: expected linear, cosine or sigmoid")
+    raise ValueError(f"noise.beta_schedule {cfg.beta_schedule!r}: expected linear, scaled_linear, cosine or sigmoid")
 
 
 def snr(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
