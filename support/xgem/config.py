@@ -188,9 +188,11 @@ class JointConfig(Checked):
 
     temperature: float = 0.07
     contrastive_weight: float = 1.0
+    env_width: int = 256                              # the environment encoders' width
 
     def checks(self) -> Iterable[Check]:
         yield self.temperature > 0, "temperature", "positive"
+        yield self.env_width >= 8 and self.env_width % 8 == 0, "env_width", "a multiple of 8 (group norm)"
         yield self.contrastive_weight >= 0, "contrastive_weight", "0 or more"
 
 
@@ -265,6 +267,7 @@ PROFILES: dict[str, XGeMConfig] = {
         unet=ImageUNetConfig(base_channels=32, channel_mults=(1, 2), attention_levels=(False, True),
                              layers_per_block=1, heads=4, norm_num_groups=16),
         report_denoiser=ReportDenoiserConfig(width=256, blocks=3, heads=4),
+        joint=JointConfig(env_width=64),
         generate=GenerateConfig(steps=20, report_max_tokens=96),
         loops=XGeMLoops(image_vae=_small_loop(60, 16, 1e-3), report_vae=_small_loop(80, 16, 1e-3),
                         contrastive=_small_loop(60, 32, 5e-4), frontal=_small_loop(80, 16, 5e-4),
@@ -279,6 +282,7 @@ PROFILES: dict[str, XGeMConfig] = {
         unet=ImageUNetConfig(base_channels=8, channel_mults=(1, 2), attention_levels=(False, True),
                              layers_per_block=1, heads=2, norm_num_groups=8),
         report_denoiser=ReportDenoiserConfig(width=32, blocks=2, heads=2),
+        joint=JointConfig(env_width=16),
         generate=GenerateConfig(steps=3, report_max_tokens=16),
         loops=XGeMLoops(**{stage: _small_loop(3, 4, 1e-3, test=True)
                            for stage in ("image_vae", "report_vae", "contrastive", "frontal", "lateral", "report",

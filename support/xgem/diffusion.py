@@ -74,12 +74,17 @@ class DenoiserBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.SiLU(), nn.Linear(4 * width, width))
         self.attn_norm = nn.LayerNorm(width)
         self.attn = nn.MultiheadAttention(width, heads, kdim=context_dim, vdim=context_dim, batch_first=True)
+        self.joint: nn.Module | None = None          # stage 5's joint cross-attention, when added
 
-    def forward(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor,
+                environment: torch.Tensor | None = None) -> torch.Tensor:
         scale, shift = self.film(temb).chunk(2, dim=-1)
         h = h + self.mlp(self.norm(h) * (1 + scale) + shift)
         q = self.attn_norm(h)[:, None]
-        return h + self.attn(q, context, context, need_weights=False)[0][:, 0]
+        out = self.attn(q, context, context, need_weights=False)[0]
+        if self.joint is not None and environment is not None:
+            out = out + self.joint(q, environment)
+        return h + out[:, 0]
 
 
 class ReportDenoiser(nn.Module):
@@ -99,12 +104,13 @@ class ReportDenoiser(nn.Module):
         nn.init.zeros_(self.proj_out[1].weight)     # starts predicting zero noise, as SD's conv_out
         nn.init.zeros_(self.proj_out[1].bias)
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                environment: torch.Tensor | None = None) -> torch.Tensor:
         timestep = timestep.expand(sample.shape[0]) if timestep.dim() == 0 else timestep
         temb = self.time_embed(self.time_proj(timestep).to(sample.dtype))
         h = self.proj_in(sample)
         for block in self.blocks:
-            h = block(h, temb, encoder_hidden_states)
+            h = block(h, temb, encoder_hidden_states, environment)
         return self.proj_out(h)
 
 
