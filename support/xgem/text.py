@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
+
+import torch
 
 from support.core.tokenizer import load_tokenizer, train_wordpiece
 
@@ -31,3 +33,27 @@ def report_tokenizer(texts: Iterable[str], vocab_size: int, folder: str | os.Pat
     tokenizer = train_wordpiece(texts, vocab_size)
     tokenizer.save_pretrained(str(folder))
     return tokenizer
+
+
+def special_ids(tokenizer) -> tuple[int, int, int]:
+    """(begin, end, pad) ids: BERT-style ``[CLS]``/``[SEP]``/``[PAD]``, else GPT-2-style BOS/EOS with
+    EOS as padding (padding is masked by the attention mask, never by its id)."""
+    begin = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if begin is None or end is None:
+        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r}: no [CLS]/[SEP] nor BOS/EOS token "
+                         f"to begin and end a report")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
+    return begin, end, pad
+
+
+def token_batch(tokenizer, texts: Sequence[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of ``begin text end`` for each text, the text cut to ``max_tokens`` in all, padded
+    on the right to the longest in the batch."""
+    begin, end, pad = special_ids(tokenizer)
+    rows = [[begin, *ids[:max_tokens - 2], end]
+            for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+    return ids, mask

@@ -1,0 +1,138 @@
+"""What XGeM's authors judged by eye, measured against the phantom's truth.
+
+Per direction, on held-out studies (each output compared with the study its conditions came from):
+- images: Fréchet distance to the real images of that view in the reference encoder's space, and
+  **finding agreement** between the reference classifier's reading of the output and the truth;
+- reports: BLEU-1..4 and ROUGE-L against the study's report, and finding agreement between the
+  labeler's reading of the output and the truth;
+- pairs generated together (F+L): **consistency**, as the agreement of the two views' findings
+  and the reference encoder's cosine similarity of each pair above that of mismatched pairs.
+
+Truth: a finding is present when the study's label is 1, absent when it is 0 or blank (the
+phantom labels every present finding), unknown (left out) when uncertain (-1). An output states a
+finding when the labeler says 1 (reports) or the classifier's probability exceeds 0.5 (images).
+Every metric says "too few samples" (NaN and a reason) below :data:`MIN_STUDIES` studies.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from support.data.schema import CHEXPERT_LABELS
+
+MIN_STUDIES = 5
+FINDINGS = tuple(n for n in CHEXPERT_LABELS if n != "No Finding")
+
+
+def too_few(n: int, what: str = "studies") -> str:
+    return f"too few samples ({n} {what}, at least {MIN_STUDIES} needed)" if n < MIN_STUDIES else ""
+
+
+def truth_matrix(labels: pd.DataFrame, findings: Sequence[str] = FINDINGS) -> np.ndarray:
+    """(N, F) of 1 (present), 0 (absent or blank) and NaN (uncertain) from CheXpert labels."""
+    values = labels.reindex(columns=list(findings)).to_numpy(dtype=np.float64)
+    return np.where(values == 1, 1.0, np.where(values == -1, np.nan, 0.0))
+
+
+def finding_agreement(stated: np.ndarray, truth: np.ndarray, findings: Sequence[str] = FINDINGS) -> dict:
+    """How often an output states a finding exactly when its study has it.
+
+    ``stated`` (N, F) booleans, ``truth`` from :func:`truth_matrix`. ``agreement``: the share of
+    known (study, finding) pairs where they match; ``f1``: the mean over findings present in at
+    least one study of the F1 of stating them (NaN if none is present)."""
+    stated, truth = np.asarray(stated, dtype=bool), np.asarray(truth, dtype=np.float64)
+    if stated.shape != truth.shape:
+        raise ValueError(f"stated findings {stated.shape} and truth {truth.shape} differ in shape")
+    n = len(truth)
+    reason = too_few(n)
+    if reason:
+        return {"n": n, "agreement": math.nan, "f1": math.nan, "reason": reason}
+    known = ~np.isnan(truth)
+    present = truth == 1
+    agreement = float((stated == present)[known].mean()) if known.any() else math.nan
+    f1s = []
+    for j in range(truth.shape[1]):
+        k = known[:, j]
+        if not present[k, j].any():
+            continue
+        tp = float((stated[k, j] & present[k, j]).sum())
+        f1s.append(2 * tp / (stated[k, j].sum() + present[k, j].sum()))
+    return {"n": n, "agreement": agreement, "f1": float(np.mean(f1s)) if f1s else math.nan, "reason": ""}
+
+
+def report_findings(texts: Sequence[str], findings: Sequence[str] = FINDINGS) -> np.ndarray:
+    """(N, F): the labeler reads each report as stating the finding (label 1)."""
+    from support.data.labeler import label_report
+
+    return np.array([[label_report(t)[f] == 1.0 for f in findings] for t in texts], dtype=bool).reshape(len(texts),
+                                                                                                       len(findings))
+
+
+def image_findings(probabilities: np.ndarray, label_names: Sequence[str], findings: Sequence[str] = FINDINGS,
+                   threshold: float = 0.5) -> np.ndarray:
+    """(N, F): the classifier's probability above ``threshold``; findings it does not predict are
+    never stated."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    out = np.zeros((len(probabilities), len(findings)), dtype=bool)
+    for j, f in enumerate(findings):
+        if f in label_names:
+            out[:, j] = probabilities[:, list(label_names).index(f)] > threshold
+    return out
+
+
+def text_scores(generated: Sequence[str], references: Sequence[str]) -> dict:
+    """Corpus BLEU-1..4 and mean ROUGE-L F-measure (torchmetrics) of ``generated`` against
+    ``references``, over words as BERT's pre-tokenizer splits them (punctuation a word of its own)."""
+    from torchmetrics.functional.text import bleu_score, rouge_score
+
+    from support.core.tokenizer import words_of
+
+    if len(generated) != len(references):
+        raise ValueError(f"{len(generated)} generated reports for {len(references)} references")
+    outputs, refs = [" ".join(words_of(t)) for t in generated], [" ".join(words_of(t)) for t in references]
+    scores = {f"bleu{k}": float(bleu_score(outputs, [[r] for r in refs], n_gram=k)) for k in range(1, 5)}
+    scores["rougeL"] = float(rouge_score(outputs, refs, rouge_keys=("rougeL",))["rougeL_fmeasure"])
+    return scores
+
+
+def report_scores(generated: Sequence[str], references: Sequence[str]) -> dict:
+    """:func:`text_scores` of generated reports against the reports of their studies, or "too few samples"."""
+    if len(generated) != len(references):
+        raise ValueError(f"{len(generated)} generated reports for {len(references)} references")
+    n = len(generated)
+    reason = too_few(n, "reports")
+    if reason:
+        return {"n": n, **{k: math.nan for k in ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL")}, "reason": reason}
+    return {"n": n, **text_scores(generated, references), "reason": ""}
+
+
+def frechet(real_features: np.ndarray, generated_features: np.ndarray) -> dict:
+    """Fréchet distance in a feature space, or "too few samples"."""
+    from support.eval.distribution import frechet_distance
+
+    n = min(len(real_features), len(generated_features))
+    reason = too_few(n, "images")
+    return {"n": int(len(generated_features)), "fd": math.nan if reason else float(frechet_distance(
+        real_features, generated_features)), "reason": reason}
+
+
+def pair_consistency(frontal_stated: np.ndarray, lateral_stated: np.ndarray, frontal_features: np.ndarray,
+                     lateral_features: np.ndarray) -> dict:
+    """Do two views show the same study? ``agreement``: the share of (pair, finding) where both views
+    state or both omit the finding; ``similarity``: the mean cosine similarity of each pair's features
+    minus that of mismatched pairs (every frontal with every other study's lateral)."""
+    n = len(frontal_features)
+    reason = too_few(n, "pairs")
+    if reason:
+        return {"n": n, "agreement": math.nan, "similarity": math.nan, "reason": reason}
+    agreement = float((np.asarray(frontal_stated, bool) == np.asarray(lateral_stated, bool)).mean())
+    f = frontal_features / np.linalg.norm(frontal_features, axis=1, keepdims=True).clip(1e-12)
+    lat = lateral_features / np.linalg.norm(lateral_features, axis=1, keepdims=True).clip(1e-12)
+    cos = f @ lat.T
+    matched = float(np.trace(cos) / n)
+    mismatched = float((cos.sum() - np.trace(cos)) / (n * n - n))
+    return {"n": n, "agreement": agreement, "similarity": matched - mismatched, "reason": ""}

@@ -1,0 +1,79 @@
+"""XGeM's measures by hand: truth from CheXpert labels, finding agreement and F1, report scores, the
+Fréchet guard, and F/L consistency; each refuses to score too few studies."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from support.xgem.evaluate import (FINDINGS, MIN_STUDIES, finding_agreement, frechet, image_findings, pair_consistency,
+                                   report_findings, report_scores, truth_matrix)
+
+
+def test_truth_is_present_absent_or_unknown():
+    labels = pd.DataFrame({"Edema": [1.0, 0.0, np.nan, -1.0], "Pneumothorax": [0.0, 1.0, 1.0, np.nan]})
+    t = truth_matrix(labels, ["Edema", "Pneumothorax", "Atelectasis"])
+    expected = np.array([[1, 0, 0], [0, 1, 0], [0, 1, 0], [np.nan, 0, 0]])
+    np.testing.assert_array_equal(np.isnan(t), np.isnan(expected))
+    np.testing.assert_array_equal(np.nan_to_num(t, nan=-9), np.nan_to_num(expected, nan=-9))
+
+
+def test_finding_agreement_and_f1_by_hand():
+    truth = np.array([[1, 0], [1, 0], [0, 0], [0, np.nan], [1, 1]], dtype=float)
+    stated = np.array([[1, 0], [0, 0], [1, 0], [0, 1], [1, 1]], dtype=bool)
+    out = finding_agreement(stated, truth, ["A", "B"])
+    # known pairs: 9 (one unknown); matches: (1,1) (0,0) | (0,0)x (miss) | (1 vs 0)x (0,0) | (0,0) | (1,1)(1,1)
+    assert out["agreement"] == pytest.approx(7 / 9)
+    # F1 of A: tp 2, stated 3, present 3 -> 4/6; of B: tp 1, stated 1 (the unknown row left out), present 1 -> 1
+    assert out["f1"] == pytest.approx((4 / 6 + 1.0) / 2)
+    assert out["reason"] == "" and out["n"] == 5
+    few = finding_agreement(stated[:MIN_STUDIES - 1], truth[:MIN_STUDIES - 1], ["A", "B"])
+    assert math.isnan(few["agreement"]) and few["reason"].startswith("too few samples")
+    with pytest.raises(ValueError, match="differ in shape"):
+        finding_agreement(stated[:, :1], truth, ["A", "B"])
+
+
+def test_outputs_state_findings_by_the_labeler_and_the_classifier():
+    texts = ["large left pleural effusion. no pneumothorax.", "no acute process.", "small right pneumothorax."]
+    stated = report_findings(texts)
+    col = {f: i for i, f in enumerate(FINDINGS)}
+    assert stated[0, col["Pleural Effusion"]] and not stated[0, col["Pneumothorax"]]
+    assert not stated[1].any() and stated[2, col["Pneumothorax"]]
+    probs = np.array([[0.9, 0.2], [0.5, 0.51]])
+    out = image_findings(probs, ["Edema", "Pneumothorax"])
+    assert out[:, col["Edema"]].tolist() == [True, False] and out[:, col["Pneumothorax"]].tolist() == [False, True]
+    assert out.sum() == 2                                  # findings the classifier lacks are never stated
+
+
+def test_report_scores_are_perfect_on_copies_and_lower_otherwise():
+    refs = ["no pleural effusion . heart size is normal .", "small left pneumothorax .", "mild edema .",
+            "no acute process .", "stable cardiomegaly ."]
+    perfect = report_scores(refs, refs)
+    assert all(perfect[k] == pytest.approx(1.0) for k in ("bleu1", "bleu4", "rougeL"))
+    shuffled = report_scores(refs[1:] + refs[:1], refs)
+    assert shuffled["bleu1"] < 0.6 and shuffled["rougeL"] < 0.6
+    assert shuffled["bleu4"] <= shuffled["bleu1"]
+    few = report_scores(refs[:2], refs[:2])
+    assert math.isnan(few["bleu1"]) and "too few" in few["reason"]
+    with pytest.raises(ValueError, match="2 generated reports for 3"):
+        report_scores(refs[:2], refs[:3])
+
+
+def test_frechet_guard_and_value():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(200, 3))
+    near, far = frechet(real, rng.normal(size=(200, 3))), frechet(real, rng.normal(2.0, size=(200, 3)))
+    assert near["fd"] < 0.2 and far["fd"] == pytest.approx(12.0, rel=0.2)    # |mu diff|^2 = 3 * 2^2
+    few = frechet(real, real[:3])
+    assert math.isnan(few["fd"]) and few["n"] == 3 and "too few" in few["reason"]
+
+
+def test_pair_consistency_by_hand():
+    f = np.eye(6)
+    same = pair_consistency(np.ones((6, 2), bool), np.ones((6, 2), bool), f, f)
+    assert same["agreement"] == 1.0 and same["similarity"] == pytest.approx(1.0)     # 1 matched - 0 mismatched
+    shuffled = pair_consistency(np.ones((6, 2), bool), np.zeros((6, 2), bool), f, np.roll(f, 1, axis=0))
+    assert shuffled["agreement"] == 0.0 and shuffled["similarity"] == pytest.approx(0 - 6 / 30)   # each frontal matches one wrong lateral
+    few = pair_consistency(np.ones((2, 2), bool), np.ones((2, 2), bool), f[:2], f[:2])
+    assert math.isnan(few["similarity"]) and "too few" in few["reason"]
