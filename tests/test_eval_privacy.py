@@ -133,8 +133,13 @@ def test_same_patient_pairs_are_every_pair_within_a_patient_and_a_seeded_sample_
     pairs = privacy.same_patient_pairs(ids)
     assert pairs.dtype == np.int64 and pairs.shape == (6, 2)
     assert sorted(tuple(sorted(p)) for p in pairs.tolist()) == [(0, 1), (0, 6), (1, 6), (2, 4), (2, 5), (4, 5)]
-    assert privacy.same_patient_pairs(["a", "b", "c"]).shape == (0, 2)
-    assert privacy.same_patient_pairs([]).shape == (0, 2)
+    for none in (privacy.same_patient_pairs(["a", "b", "c"]), privacy.same_patient_pairs([])):
+        assert none.shape == (0, 2) and none.dtype == np.int64            # usable as indices even when empty
+    # many images, shuffled: every pair once, the earlier image first
+    shuffled = [f"p{i % 3}" for i in np.random.default_rng(0).permutation(300)]
+    big = privacy.same_patient_pairs(shuffled)
+    assert len(big) == 3 * 100 * 99 // 2 and (big[:, 0] < big[:, 1]).all()
+    assert all(shuffled[i] == shuffled[j] for i, j in big[::97].tolist())
     every = privacy.same_patient_pairs(["a"] * 10)                       # 45 pairs of one patient
     assert len(every) == 45 and len({tuple(p) for p in every.tolist()}) == 45
     assert (every[:, 0] != every[:, 1]).all()
@@ -144,6 +149,8 @@ def test_same_patient_pairs_are_every_pair_within_a_patient_and_a_seeded_sample_
     assert len(some) == 7 and rows == sorted(set(rows))
     assert np.array_equal(some, privacy.same_patient_pairs(["a"] * 10, max_pairs=7, seed=1))
     assert not np.array_equal(some, privacy.same_patient_pairs(["a"] * 10, max_pairs=7, seed=2))
+    most = privacy.same_patient_pairs(["a"] * 10, max_pairs=40)
+    assert len({tuple(p) for p in most.tolist()}) == 40                  # drawn without replacement
 
 
 def _patterns(n, size=8, seed=0):
@@ -192,6 +199,11 @@ def test_build_privacy_index_refuses_inconsistent_input():
         privacy.build_privacy_index(feats, images[:3], ids)
     with pytest.raises(ValueError, match="same-patient pairs are needed"):
         privacy.build_privacy_index(feats, images, ["a", "b", "c", "d"])
+    with pytest.raises(ValueError, match=r"^training images: expected images"):
+        privacy.build_privacy_index(feats, images[:, None, None], ids)
+    index, features, synthetic = _hand_audit_setting()
+    with pytest.raises(ValueError, match=r"^synthetic images: expected images"):
+        privacy.audit_memorisation(index, features, synthetic[:, None, None])
 
 
 def test_nearest_by_cosine_by_hand():
