@@ -29,6 +29,13 @@ FEW: dict[str, dict] = {
                 "ddpm_overrides": {"train": {"batch_size": 1, "gradient_accumulation_steps": 1, "val_batch_size": 1,
                                              "val_max_batches": 1, "sample_grid_size": 1,
                                              "sample_grid_steps": FEW_STEPS}}},
+    "03_xgem": {"stage_steps": {stage: FEW_STEPS for stage in ("image_vae", "report_vae", "contrastive", "frontal",
+                                                                 "lateral", "report", "joint")},
+                "eval_studies": 5, "batch_size": 5, "encoder_epochs": 1,
+                "xgem_overrides": {"generate": {"steps": FEW_STEPS},
+                                   "loops": {stage: {"batch_size": 2} for stage in (
+                                       "image_vae", "report_vae", "contrastive", "frontal", "lateral", "report",
+                                       "joint")}}},
     "04_sampling": {"sampler": "ddim", "steps": FEW_STEPS, "num_samples": 12, "batch_size": 4,
                     "compare": [["ddim", FEW_STEPS]], "n_compare": 2, "t2i_num_prompts": 12, "t2i_steps": FEW_STEPS},
     "05_cleanup": {"repaint_steps": FEW_STEPS, "max_eval_images": 12},

@@ -69,6 +69,26 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     records, _ = source.load_run_dataset(root)
     assert len(records) == data["n_images"] and records.groupby("subject_id")["split"].nunique().max() == 1
     assert set(records["split"]) == {"train", "validate", "test"}
+    # 03: XGeM's five stages trained their updates; all 12 directions scored on held-out studies (or said why
+    # not), both ablations on the same studies
+    import pandas as pd
+    from support.data.adapters import load_dataset
+    from support.xgem.generate import DIRECTIONS, parse_direction
+
+    xgem = json.loads((root / "metrics" / "03_xgem.json").read_text())
+    updates = {row["stage"]: row["updates"] for row in xgem["stages"]}
+    assert all(updates[s] == 3 for s in ("image_vae", "report_vae", "contrastive", "frontal", "lateral", "report",
+                                         "joint", "frontal (single-prompt)"))
+    scores = pd.DataFrame(xgem["directions"])
+    assert sorted(scores["direction"].unique()) == sorted(DIRECTIONS)
+    assert len(scores) == sum(len(parse_direction(d)[1]) for d in DIRECTIONS)
+    for _, row in scores.iterrows():
+        measure = row["bleu1"] if row["output"] == "report" else row["fd"]
+        assert (0 <= measure and (row["output"] != "report" or measure <= 1)) or row["note"], row.to_dict()
+        assert np.isnan(row["agreement"]) or 0 <= row["agreement"] <= 1
+    assert {"joint", "independent"} <= {c["generation"] for c in xgem["consistency"]}
+    assert len(xgem["multi_vs_single_prompt"]) == sum("+" not in d.split("->")[1] for d in DIRECTIONS)
+    assert (Path(xgem["model"]) / "joint" / "joint.safetensors").is_file()
     # 02: the DDPM trained its updates, and its samples are nearer the real images than an untrained net's
     ddpm = json.loads((root / "metrics" / "02_ddpm.json").read_text())
     assert ddpm["updates"] > 0 and np.isfinite(ddpm["final_loss"]) and np.isfinite(ddpm["val_loss_ema"])
@@ -84,15 +104,21 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     sampling = json.loads((root / "metrics" / "04_sampling.json").read_text())
     t2i_root = Path(sampling["t2i_set"])
     assert sampling["t2i_n_samples"] == 6 and t2i_root.parent == root / "samples"
-    import pandas as pd
 
     prov = pd.read_csv(t2i_root / "provenance.csv", dtype=str, keep_default_na=False)
     assert len(prov) == 6 and prov["prompt"].str.startswith("view_position = ").all()
     assert sorted(prov["requested"]) == ["No Finding"] * 3 + ["Pleural Effusion"] * 3
+    # 04: XGeM's T->F+L set: triplet studies (a frontal, a lateral, the conditioning report)
+    xgem_root = root / "samples" / "xgem-t2fl"
+    triplets, _ = load_dataset("mimic-cxr-jpg", xgem_root, reports="auto")
+    assert triplets["study_id"].nunique() == 6 and len(triplets) == 12
+    assert (triplets.groupby("study_id")["view"].apply(lambda v: "LATERAL" in set(v))).all()
+    assert (triplets["findings"].fillna("") + triplets["impression"].fillna("")).str.len().gt(0).all()
     # 06 judged both synthetic sets, conditional fidelity where findings were requested
     evaluation = json.loads((root / "metrics" / "06_evaluation.json").read_text())
     name = t2i_root.name
     assert f"{name}.fd" in evaluation and f"{name}.cond_auroc_mean" in evaluation
+    assert "xgem-t2fl.fd" in evaluation and "xgem-t2fl.cond_auroc_mean" in evaluation
     # 05 cleaned the generated set beside itself, which 06 judged too, with the labels it was asked for
     cleanup = json.loads((root / "metrics" / "05_cleanup.json").read_text())
     assert cleanup["cleaned_sets"][name]["images"] == 6 and cleanup["cleaned_sets"][name]["skipped"] == 0
@@ -109,14 +135,15 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     assert dino["sources"]["none"] == 0 and all(n > 0 for k, n in dino["sources"].items() if k != "none")
     assert set(dino["encoders"]) == set(dino["sources"]) - {"none"} and dino["headline"]
     assert all(0 <= v <= 1 for v in dino["headline"].values() if v is not None and np.isfinite(v))
-    # 08: both ablations on the real split and on the report-carrying T2I-LoRA set, not on the DDPM's
+    # 08: both ablations on the real split and on the report-carrying sets (T2I-LoRA's, XGeM's), not on the DDPM's
     cmcgns = json.loads((root / "metrics" / "08_cmcgns_pretrain.json").read_text())
-    assert set(cmcgns["sources"]) == {"real", name} and cmcgns["sources"][name] == 6
+    assert set(cmcgns["sources"]) == {"real", name, "xgem-t2fl"} and cmcgns["sources"][name] == 6
     assert list(cmcgns["not_sources"]) == [p.name for p in (root / "samples").iterdir() if p.name.startswith("ddpm")]
     for run in ("global|real", f"cmcgns|{name}"):
         assert (Path(cmcgns["encoders"][run]) / "encoder.safetensors").is_file()
     # 09: 08's encoders beside a random start and the reference encoder, on one table
     downstream = json.loads((root / "metrics" / "09_cmcgns_downstream.json").read_text())
-    assert set(downstream["encoders"]) == {"global|real", f"global|{name}", "cmcgns|real", f"cmcgns|{name}",
-                                           "random", "reference"}
+    assert set(downstream["encoders"]) == {f"{m}|{src}" for m in ("global", "cmcgns") for src in ("real", name,
+                                                                                                  "xgem-t2fl")} | \
+        {"random", "reference"}
     assert any(k.startswith("cmcgns|real|covidx|linear") for k in downstream["headline"])

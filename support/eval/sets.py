@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -39,21 +40,27 @@ def frontal_images(records: pd.DataFrame, size: int, split: str | None = None,
 
 
 def real_reference_encoder(records: pd.DataFrame, cache_root: str | os.PathLike, config=None,
-                           fingerprint: str | None = None):
-    """The reference encoder/classifier of a run: trained on the real frontal training split,
-    held-out AUROC on the validate split (or on held-out patients when there is none), cached
+                           fingerprint: str | None = None, views: Sequence[str] = FRONTAL_VIEWS):
+    """The reference encoder/classifier of a run: trained on the real frontal (or ``views``) training
+    split, held-out AUROC on the validate split (or on held-out patients when there is none), cached
     under ``cache_root`` by dataset fingerprint and config, so every notebook that asks with the
-    same config (01 for finding rates, 06 for the evaluation) trains it once."""
+    same config (01 for finding rates, 06 for the evaluation) trains it once. ``fingerprint`` names
+    the dataset; other ``views`` are another training set, so it is kept apart from the frontal one."""
     from support.eval.reference_encoder import ReferenceEncoderConfig, reference_encoder_for
 
     config = config or ReferenceEncoderConfig()
-    train = frontal_images(records, config.image_size, "train")
+    views = tuple(views)
+    train = frontal_images(records, config.image_size, "train", views)
+    what = "frontal" if views == tuple(FRONTAL_VIEWS) else "/".join(views)
     if len(train) < 4:
-        raise ValueError(f"reference encoder: {len(train)} real frontal training image(s); need at least 4")
-    val = frontal_images(records, config.image_size, "validate")
+        raise ValueError(f"reference encoder: {len(train)} real {what} training image(s); need at least 4")
+    val = frontal_images(records, config.image_size, "validate", views)
+    if fingerprint and views != tuple(FRONTAL_VIEWS):
+        fingerprint = hashlib.sha256(f"{fingerprint}|{what}".encode()).hexdigest()
     return reference_encoder_for(train, cache_root, config, fingerprint=fingerprint,
                                  groups=list(train.records["subject_id"]) if "subject_id" in train.records else None,
-                                 val_dataset=val if len(val) else None, name="real train")
+                                 val_dataset=val if len(val) else None,
+                                 name="real train" if what == "frontal" else f"real train ({what})")
 
 
 def load_set(root: str | os.PathLike, size: int) -> tuple[ImageDataset, pd.DataFrame | None]:

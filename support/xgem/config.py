@@ -259,7 +259,8 @@ def _small_loop(steps: int, batch_size: int, lr: float, test: bool = False) -> L
 PROFILES: dict[str, XGeMConfig] = {
     "full": XGeMConfig(),
     "quick": XGeMConfig(
-        image_vae=ImageVAEConfig(size=64, block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16),
+        # the full-resolution level is most of an autoencoder's cost on a CPU: kept narrow here
+        image_vae=ImageVAEConfig(size=64, block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8),
         report_vae=ReportVAEConfig(latent_dim=64, max_tokens=96, vocab_size=1000, hidden_size=128, layers=2,
                                    heads=2, intermediate_size=256),
         contrastive=ContrastiveConfig(embed_dim=64, image_size=64, patch_size=8, vision_hidden=128, vision_layers=2,
@@ -269,7 +270,7 @@ PROFILES: dict[str, XGeMConfig] = {
         report_denoiser=ReportDenoiserConfig(width=256, blocks=3, heads=4),
         joint=JointConfig(env_width=64),
         generate=GenerateConfig(steps=20, report_max_tokens=96),
-        loops=XGeMLoops(image_vae=_small_loop(60, 16, 1e-3), report_vae=_small_loop(80, 16, 1e-3),
+        loops=XGeMLoops(image_vae=_small_loop(60, 8, 1e-3), report_vae=_small_loop(80, 16, 1e-3),
                         contrastive=_small_loop(60, 32, 5e-4), frontal=_small_loop(80, 16, 5e-4),
                         lateral=_small_loop(80, 16, 5e-4), report=_small_loop(80, 32, 5e-4),
                         joint=_small_loop(30, 8, 5e-4))),

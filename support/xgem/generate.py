@@ -107,17 +107,22 @@ def _guided(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: torch.Tens
 
 @torch.no_grad()
 def sample_latents(models: XGeMModels, outputs: Sequence[str], cond: dict[str, torch.Tensor],
-                   uncond: dict[str, torch.Tensor], generator: torch.Generator, steps: int, guidance: float,
-                   eta: float, joint: bool, progress: bool = False) -> dict[str, torch.Tensor]:
-    """DDIM over the latents of ``outputs`` (one: alone; two: jointly when ``joint``)."""
+                   uncond: dict[str, torch.Tensor], generator: torch.Generator | list[torch.Generator], steps: int,
+                   guidance: float, eta: float, joint: bool, progress: bool = False) -> dict[str, torch.Tensor]:
+    """DDIM over the latents of ``outputs`` (one: alone; two: jointly when ``joint``); ``generator``
+    one for the batch, or one per study (a study then draws what a batch of it alone would)."""
     from tqdm.auto import tqdm
 
     from support.core.schedules import make_sampler
 
     device = models.device
     n = next(iter(cond.values())).shape[0]
-    x = {m: torch.randn((n, *models.latent_shape(m)), generator=generator, device=generator.device).to(device)
-         for m in outputs}
+    if isinstance(generator, list):     # one per study: its draws do not depend on the rest of the batch
+        drawn = [[torch.randn((1, *models.latent_shape(m)), generator=g) for m in outputs] for g in generator]
+        x = {m: torch.cat([d[k] for d in drawn]).to(device) for k, m in enumerate(outputs)}
+    else:
+        x = {m: torch.randn((n, *models.latent_shape(m)), generator=generator, device=generator.device).to(device)
+             for m in outputs}
     schedulers = {m: make_sampler("ddim", models.scheduler_config) for m in outputs}
     for s in schedulers.values():
         s.set_timesteps(steps)
@@ -137,12 +142,14 @@ def sample_latents(models: XGeMModels, outputs: Sequence[str], cond: dict[str, t
 
 
 @torch.no_grad()
-def generate(models: XGeMModels, direction: str, given: dict[str, Any], seed: int = 0, steps: int | None = None,
+def generate(models: XGeMModels, direction: str, given: dict[str, Any], seed: int | Sequence[int] = 0,
+             steps: int | None = None,
              guidance: float | None = None, eta: float | None = None, weights: dict[str, float] | None = None,
              joint: bool = True, progress: bool = False) -> dict[str, Any]:
     """Generate the outputs of ``direction`` from ``given`` (modality name -> images (B, 1, S, S) in
     [-1, 1] or a list of report texts). Returns images (B, 1, S, S) in [-1, 1] for F and L and a list
-    of texts for T, plus ``latents``. ``steps``/``guidance``/``eta`` default to ``config.generate``;
+    of texts for T, plus ``latents``. ``seed``: one for the batch, or one per study (each study's output
+    then equals a batch of it alone). ``steps``/``guidance``/``eta`` default to ``config.generate``;
     ``weights`` weigh several conditions (equal by default); ``joint`` False samples two outputs
     independently (the ablation)."""
     inputs, outputs = parse_direction(direction)
@@ -159,12 +166,15 @@ def generate(models: XGeMModels, direction: str, given: dict[str, Any], seed: in
     g = models.config.generate
     steps, guidance, eta = steps or g.steps, g.guidance_scale if guidance is None else guidance, \
         g.eta if eta is None else eta
-    _batch_size(given)
+    n = _batch_size(given)
+    if not isinstance(seed, int) and len(seed) != n:
+        raise ValueError(f"direction {direction}: {len(seed)} seeds for {n} studies")
     contexts = {m: models.context(m, given[m]) for m in inputs}
     cond, uncond = {}, {}
     for m in outputs:
         cond[m], uncond[m] = combine(m, contexts, {k: v.to(models.device) for k, v in models.empty.items()}, weights)
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    generator = torch.Generator(device="cpu").manual_seed(int(seed)) if isinstance(seed, int) else \
+        [torch.Generator(device="cpu").manual_seed(int(s)) for s in seed]
     latents = sample_latents(models, outputs, cond, uncond, generator, steps, guidance, eta, together, progress)
     result: dict[str, Any] = {"direction": direction_name(inputs, outputs), "latents": latents,
                               "joint": together}

@@ -28,6 +28,31 @@ from support.xgem.encoded import EncodedStudies, Spaces, encode_studies
 
 STAGES = ("image_vae", "report_vae", "contrastive", "frontal", "lateral", "report", "joint")
 ENCODED_DIR = "encoded"
+SETTINGS_JSON = "xgem.json"         # the profile and overrides the folder's models were trained with
+
+
+def write_settings(root: str | os.PathLike, settings: dict) -> Path:
+    """Keep ``{"profile", "overrides"}`` beside the weights, so sampling rebuilds the same config."""
+    from support.io import write_json_atomic
+
+    path = Path(root) / SETTINGS_JSON
+    write_json_atomic(path, dict(settings))
+    return path
+
+
+def model_config(root: str | os.PathLike, profile: str | None = None) -> XGeMConfig:
+    """The config a model folder was trained with (its ``xgem.json``), else ``profile``'s preset
+    (no ``profile``: an error naming the file)."""
+    from support.io import read_json
+    from support.xgem.config import xgem_config
+
+    path = Path(root) / SETTINGS_JSON
+    if not path.is_file():
+        if profile is None:
+            raise FileNotFoundError(f"{path}: no XGeM settings; train the model with notebook 03")
+        return xgem_config(profile)
+    settings = read_json(path)
+    return xgem_config(settings["profile"], settings.get("overrides") or {}, source=str(path))
 
 
 def _files(root: Path, config: XGeMConfig) -> dict[str, Path]:
@@ -97,9 +122,12 @@ def encoded_studies(config: XGeMConfig, studies: Studies, root: str | os.PathLik
 
 
 def train_xgem(config: XGeMConfig, records: pd.DataFrame, root: str | os.PathLike, stages: Iterable[str] = STAGES,
-               num_processes: int = 1, progress: bool = True) -> dict[str, dict]:
+               num_processes: int = 1, progress: bool = True, spaces_root: str | os.PathLike | None = None
+               ) -> dict[str, dict]:
     """Train the asked ``stages`` (in XGeM's order) into ``root``; returns each stage's history. Each
-    resumes from its newest checkpoint (a finished stage only reloads and exports)."""
+    resumes from its newest checkpoint (a finished stage only reloads and exports). ``spaces_root``:
+    another model folder whose stages 1-3 (and encoded studies) the diffusion stages here build on
+    (an ablation that retrains only stage 4)."""
     from support.xgem.contrastive import train_contrastive
     from support.xgem.diffusion import train_denoiser
     from support.xgem.image_vae import train_image_vae
@@ -112,6 +140,9 @@ def train_xgem(config: XGeMConfig, records: pd.DataFrame, root: str | os.PathLik
     if unknown:
         raise ValueError(f"XGeM stages {unknown}: expected some of {list(STAGES)}")
     root = Path(root)
+    spaces = Path(spaces_root) if spaces_root is not None else root
+    if spaces != root and any(s in stages for s in STAGES[:3]):
+        raise ValueError(f"XGeM: stages 1-3 train in {root} itself; with spaces_root only stages 4-5 can run")
     if "split" not in records.columns:
         raise ValueError("XGeM: the record table has no 'split' column; build it with support.data.adapters")
     size = config.image_vae.size
@@ -125,7 +156,7 @@ def train_xgem(config: XGeMConfig, records: pd.DataFrame, root: str | os.PathLik
         histories[stage] = runs[stage](root / stage)
     later = [s for s in STAGES[3:] if s in stages]
     if later:
-        encoded = encoded_studies(config, Studies(train_records, size), root, progress=progress)
+        encoded = encoded_studies(config, Studies(train_records, size), spaces, progress=progress)
         for stage in later:
             out = root / stage
             histories[stage] = train_joint(config, encoded, root, out, num_processes, progress) if stage == "joint" \
@@ -133,16 +164,18 @@ def train_xgem(config: XGeMConfig, records: pd.DataFrame, root: str | os.PathLik
     return histories
 
 
-def load_xgem(config: XGeMConfig, root: str | os.PathLike, device: str | torch.device = "cpu", joint: bool = True):
-    """The trained system (:class:`~support.xgem.generate.XGeMModels`) from ``root``; the joint stage's
-    weights when present and ``joint``, else the independent backbones only."""
+def load_xgem(config: XGeMConfig, root: str | os.PathLike, device: str | torch.device = "cpu", joint: bool = True,
+              spaces_root: str | os.PathLike | None = None):
+    """The trained system (:class:`~support.xgem.generate.XGeMModels`) from ``root`` (stages 1-3 from
+    ``spaces_root`` when given); the joint stage's weights when present and ``joint``, else the
+    independent backbones only."""
     from support.core.schedules import make_noise_scheduler
     from support.xgem.diffusion import noise_config
     from support.xgem.generate import XGeMModels
     from support.xgem.joint import WEIGHTS, load_backbones, load_joint
 
     root = Path(root)
-    codec, optimus, _, contrastive = load_spaces(root, config, device)
+    codec, optimus, _, contrastive = load_spaces(spaces_root or root, config, device)
     report_dim = int(optimus.config.latent_dim)
     joint_model = None
     if joint and (root / "joint" / WEIGHTS).is_file():

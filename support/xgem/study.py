@@ -1,0 +1,252 @@
+"""Notebook 03's measurements: each stage's own check, then every direction on held-out studies
+(:mod:`support.xgem.evaluate`), and XGeM's two claims as ablations: Multi-Prompt vs single-prompt
+training, and joint vs independent generation of two outputs.
+
+Every output is compared with the study its conditions came from: generated images through the
+reference classifier of their view (trained on the run's real images of that view, cached as 06
+caches its own), generated reports through the labeler, both against the study's labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from support.xgem.config import XGeMConfig, xgem_config
+from support.xgem.data import Studies
+from support.xgem.evaluate import (finding_agreement, frechet, image_findings, pair_consistency, report_findings,
+                                   report_scores, too_few, truth_matrix)
+from support.xgem.generate import DIRECTIONS, generate, parse_direction
+
+LOCAL = {"vae_path": ("image_vae", "vae_path"), "clip_path": ("contrastive", "clip_path"),
+         "bert_path": ("report_vae", "bert_path"), "gpt2_path": ("report_vae", "gpt2_path")}
+VIEWS = {"frontal": ("PA", "AP"), "lateral": ("LATERAL", "LL")}
+
+
+# ------------------------------------------------------------------------------ configuration
+def notebook_config(profile: str, seed: int = 0, stage_steps: Mapping[str, int] | None = None,
+                    local: Mapping[str, str] | None = None, overrides: Mapping | None = None,
+                    allow_stand_ins: bool = False) -> tuple[XGeMConfig, dict]:
+    """03's config and the settings that rebuild it (written to ``xgem.json`` for 04 and the command line):
+    the profile, then ``overrides`` (nested), the local weights (``vae_path``, ``clip_path``,
+    ``bert_path``, ``gpt2_path``), each stage's updates (``stage_steps``) and the seed of every loop.
+    ``full`` refuses to stand small models in for the published ones unless ``allow_stand_ins``."""
+    from support.params import ParameterError
+
+    overrides = json.loads(json.dumps(dict(overrides or {})))
+    for name, path in (local or {}).items():
+        if name not in LOCAL:
+            raise ParameterError(f"03_xgem: unknown local weights {name!r}; expected some of {list(LOCAL)}")
+        if path:
+            part, field = LOCAL[name]
+            overrides.setdefault(part, {})[field] = str(path)
+    missing = [n for n, (part, field) in LOCAL.items() if not overrides.get(part, {}).get(field)]
+    if profile == "full" and missing and not allow_stand_ins:
+        raise ParameterError(f"03_xgem: the full profile is the published XGeM, whose {missing} are local folders "
+                             "(nothing is downloaded): set them, or allow_stand_ins to train small ones in their place")
+    loops = overrides.setdefault("loops", {})
+    for stage in ("image_vae", "report_vae", "contrastive", "frontal", "lateral", "report", "joint"):
+        loops.setdefault(stage, {})["seed"] = seed
+    unknown = [s for s in (stage_steps or {}) if s not in loops]
+    if unknown:
+        raise ParameterError(f"03_xgem stage_steps: unknown stage(s) {unknown}; expected some of {list(loops)}")
+    for stage, steps in (stage_steps or {}).items():
+        if steps:
+            loops[stage].update(max_steps=int(steps), epochs=None)
+    config = xgem_config(profile, overrides, source="03_xgem parameters")
+    return config, {"profile": profile, "overrides": overrides}
+
+
+def single_prompt(config: XGeMConfig) -> XGeMConfig:
+    """The ablation: image models always conditioned on the report, the report model on the frontal."""
+    return dataclasses.replace(config, diffusion=dataclasses.replace(config.diffusion, multi_prompt=False))
+
+
+# ------------------------------------------------------------------------------ stages
+def stage_table(histories: Mapping[str, Mapping]) -> pd.DataFrame:
+    """One row per stage: updates, first and last logged loss, throughput, what it trained on."""
+    rows = []
+    for stage, h in histories.items():
+        losses = h.get("loss") or [math.nan]
+        rows.append({"stage": stage, "updates": (h.get("step") or [0])[-1], "loss start": losses[0],
+                     "loss end": losses[-1], "items/s": float(np.nanmedian(h["images_per_s"])) if h.get(
+                         "images_per_s") else math.nan,
+                     "studies": h.get("n_studies", h.get("n_reports", math.nan))})
+    return pd.DataFrame(rows)
+
+
+def held_out(records: pd.DataFrame, size: int) -> Studies:
+    """The studies XGeM never trained on: the test split, or validate when there is no test split."""
+    for split in ("test", "validate"):
+        chosen = records[records["split"] == split]
+        if len(chosen):
+            return Studies(chosen, size)
+    raise ValueError("XGeM: the records have neither a test nor a validate split to measure on")
+
+
+# ------------------------------------------------------------------------------ directions
+def _eligible(studies: Studies, inputs: Sequence[str], outputs: Sequence[str]) -> list[int]:
+    """Studies holding every input, and every output's truth (a report output needs the study's report)."""
+    needed = set(inputs) | ({"report"} if "report" in outputs else set())
+    ok = np.ones(len(studies), dtype=bool)
+    if "lateral" in needed:
+        ok &= studies.has_lateral.to_numpy()
+    if "report" in needed:
+        ok &= studies.has_report.to_numpy()
+    return np.nonzero(ok)[0].tolist()
+
+
+def _given(studies: Studies, rows: Sequence[int], inputs: Sequence[str]) -> dict[str, Any]:
+    items = [studies[i] for i in rows]
+    return {m: ([it["report"] for it in items] if m == "report" else torch.stack([it[m] for it in items]))
+            for m in inputs}
+
+
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    return ((images + 1) / 2).clamp(0, 1)
+
+
+def generate_for(models, studies: Studies, direction: str, n: int, batch_size: int = 8, seed: int = 0,
+                 joint: bool = True) -> tuple[list[int], dict[str, Any]]:
+    """Up to ``n`` held-out studies that can feed ``direction`` and its outputs for them (seeded per batch)."""
+    inputs, outputs = parse_direction(direction)
+    rows = _eligible(studies, inputs, outputs)[:n]
+    collected: dict[str, list] = {m: [] for m in outputs}
+    for start in range(0, len(rows), batch_size):
+        out = generate(models, direction, _given(studies, rows[start:start + batch_size], inputs),
+                       seed=seed + start, joint=joint)
+        for m in outputs:
+            collected[m] += list(out[m]) if m == "report" else [out[m]]
+    result = {m: (v if m == "report" else (torch.cat(v) if v else torch.empty(0))) for m, v in collected.items()}
+    return rows, result
+
+
+@dataclasses.dataclass
+class Judges:
+    """What reads an output: the reference encoder of each view, and the real images' features."""
+
+    references: dict[str, Any]                    # "frontal"/"lateral" -> ReferenceEncoder
+    real_features: dict[str, np.ndarray]
+
+    def stated(self, modality: str, output) -> np.ndarray:
+        if modality == "report":
+            return report_findings(output)
+        ref = self.references[modality]
+        return image_findings(ref.predict_proba(_unit(output)).numpy(), ref.label_names)
+
+    def features(self, view: str, images: torch.Tensor, space: str | None = None) -> np.ndarray:
+        return self.references[space or view].embed(_unit(images)).numpy()
+
+
+def make_judges(references: Mapping[str, Any], studies: Studies) -> Judges:
+    """The judges, with each view's real held-out images embedded once."""
+    real = {}
+    for view in ("frontal", "lateral"):
+        rows = [i for i in range(len(studies)) if view == "frontal" or studies.has_lateral.iat[i]]
+        images = torch.stack([studies[i][view] for i in rows]) if rows else torch.empty(0, 1, 1, 1)
+        real[view] = references[view].embed(_unit(images)).numpy() if rows else np.empty((0, 1))
+    return Judges(dict(references), real)
+
+
+def score_direction(direction: str, rows: Sequence[int], outputs: Mapping[str, Any], studies: Studies,
+                    judges: Judges) -> list[dict]:
+    """One row per output of ``direction``: Fréchet distance (images), BLEU/ROUGE-L (reports), and
+    finding agreement with the conditioning studies' truth."""
+    truth = truth_matrix(studies.records.iloc[list(rows)])
+    result = []
+    for m, out in outputs.items():
+        row = {"direction": direction, "output": m, "studies": len(rows)}
+        agreement = finding_agreement(judges.stated(m, out), truth) if len(rows) else \
+            {"agreement": math.nan, "f1": math.nan, "reason": too_few(0)}
+        row.update({"agreement": agreement["agreement"], "f1": agreement["f1"]})
+        if m == "report":
+            scores = report_scores(out, studies.records["report"].iloc[list(rows)].tolist())
+            row.update({k: scores[k] for k in ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL")})
+            reason = scores["reason"]
+        else:
+            fd = frechet(judges.real_features[m], judges.features(m, out)) if len(rows) else \
+                {"fd": math.nan, "reason": too_few(0, "images")}
+            row["fd"] = fd["fd"]
+            reason = fd["reason"]
+        row["note"] = agreement.get("reason") or reason
+        result.append(row)
+    return result
+
+
+def consistency(pair: tuple[str, str], outputs: Mapping[str, Any], judges: Judges) -> dict:
+    """:func:`~support.xgem.evaluate.pair_consistency` of two outputs of the same studies; the
+    feature similarity for two views in the frontal reference space, none for an image and a report."""
+    a, b = pair
+    stated = judges.stated(a, outputs[a]), judges.stated(b, outputs[b])
+    n = len(stated[0])
+    if "report" in pair:
+        reason = too_few(n, "pairs")
+        agreement = math.nan if reason else float((stated[0] == stated[1]).mean())
+        return {"n": n, "agreement": agreement, "similarity": math.nan, "reason": reason or "image and report: "
+                "no shared feature space"}
+    return pair_consistency(stated[0], stated[1], judges.features(a, outputs[a], "frontal"),
+                            judges.features(b, outputs[b], "frontal"))
+
+
+def evaluate_directions(models, studies: Studies, judges: Judges, directions: Sequence[str] = DIRECTIONS,
+                        n: int = 16, batch_size: int = 8, seed: int = 0, joint: bool = True,
+                        progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict]]:
+    """(per-output scores, pair consistency, the outputs of each direction) on up to ``n`` studies each."""
+    from tqdm.auto import tqdm
+
+    rows, pairs, examples = [], [], {}
+    for direction in tqdm(list(directions), desc="directions", unit="direction", disable=None if progress else True):
+        chosen, outputs = generate_for(models, studies, direction, n, batch_size, seed, joint)
+        examples[direction] = {"rows": chosen, **outputs}
+        rows += score_direction(direction, chosen, outputs, studies, judges)
+        if len(outputs) == 2:
+            pair = tuple(outputs)
+            pairs.append({"direction": direction, "generation": "joint" if joint else "independent",
+                          **consistency(pair, outputs, judges)})
+            whole = [i for i in chosen if ("lateral" not in pair or studies.has_lateral.iat[i])
+                     and ("report" not in pair or studies.has_report.iat[i])]
+            if whole:                   # the same measure on the real studies: what consistency looks like
+                real = {m: ([studies.records["report"].iat[i] for i in whole] if m == "report" else
+                            torch.stack([studies[i][m] for i in whole])) for m in pair}
+                pairs.append({"direction": direction, "generation": "real studies", **consistency(pair, real, judges)})
+    return pd.DataFrame(rows), pd.DataFrame(pairs), examples
+
+
+def ablation_table(multi: pd.DataFrame, single: pd.DataFrame) -> pd.DataFrame:
+    """Multi-Prompt vs single-prompt training, output by output, on the same studies and seeds."""
+    keys = ["direction", "output"]
+    cols = [c for c in ("agreement", "f1", "fd", "bleu4", "rougeL") if c in multi.columns]
+    merged = multi[keys + cols].merge(single[keys + cols], on=keys, suffixes=(" multi", " single"))
+    return merged
+
+
+def example_figure(examples: Mapping[str, Mapping], studies: Studies, directions: Sequence[str], per_row: int = 2):
+    """For each direction: the conditioning inputs of a few studies beside the generated outputs."""
+    import matplotlib.pyplot as plt
+
+    directions = [d for d in directions if d in examples and examples[d]["rows"]]
+    if not directions:
+        return None
+    fig, axes = plt.subplots(len(directions), 1, figsize=(9, 1.9 * len(directions)), squeeze=False)
+    for ax, direction in zip(axes[:, 0], directions):
+        inputs, outputs = parse_direction(direction)
+        ex, tiles, texts = examples[direction], [], []
+        for k, row in enumerate(ex["rows"][:per_row]):
+            item = studies[row]
+            for m in inputs + outputs:
+                source = item if m in inputs else None
+                if m == "report":
+                    texts.append(("in " if source else "out ") + (item["report"] if source else ex[m][k])[:90])
+                else:
+                    tiles.append(_unit(item[m] if source else ex[m][k])[0].numpy())
+        ax.imshow(np.concatenate(tiles, axis=1) if tiles else np.zeros((8, 8)), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"{direction}   " + " | ".join(texts)[:160], fontsize=7, loc="left")
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
