@@ -40,9 +40,9 @@ import torch
 
 from support.core.sample_writer import Generated, PlannedImage, PlannedStudy
 from support.data.schema import CHEXPERT_LABELS
-from support.xgem.config import XGeMConfig
 from support.xgem.data import Studies
 from support.xgem.generate import LETTERS, XGeMModels, direction_name, generate, parse_direction
+from support.xgem.train import weight_hashes
 
 GENERATOR = "xgem"
 DEFAULT_DIRECTION = "T->F+L"
@@ -71,23 +71,6 @@ def image_outputs(direction: str) -> tuple[str, ...]:
         raise ValueError(f"direction {direction}: it generates a report only, and a study in the MIMIC-CXR-JPG "
                          f"layout needs an image; write its reports with support.xgem.generate.generate instead")
     return images
-
-
-def checkpoint_hashes(model_root: str | os.PathLike, config: XGeMConfig, joint: bool) -> dict[str, str]:
-    """SHA-256 of each weight file generation reads: the frozen spaces, the three denoisers, and the
-    joint stage ("" when the outputs are not sampled jointly)."""
-    from support.io import sha256_file
-    from support.xgem.diffusion import REPORT_WEIGHTS
-    from support.xgem.joint import DENOISER_DIRS, WEIGHTS as JOINT_WEIGHTS
-    from support.xgem.train import spaces_fingerprint
-
-    root = Path(model_root)
-    hashes = dict(spaces_fingerprint(root, config))
-    for m, folder in DENOISER_DIRS.items():
-        name = REPORT_WEIGHTS if m == "report" else "diffusion_pytorch_model.safetensors"
-        hashes[m] = sha256_file(root / folder / name)
-    hashes["joint"] = sha256_file(root / "joint" / JOINT_WEIGHTS) if joint else ""
-    return hashes
 
 
 # ------------------------------------------------------------------------------ sources and plan
@@ -235,7 +218,7 @@ def write_xgem_set(models: XGeMModels, model_root: str | os.PathLike, records: p
     settings = {"steps": int(steps or g.steps),
                 "guidance_scale": float(g.guidance_scale if guidance is None else guidance),
                 "eta": float(g.eta if eta is None else eta), "joint": together}
-    hashes = checkpoint_hashes(model_root, models.config, together)
+    hashes = weight_hashes(model_root, models.config, together)
     studies = source_studies(records, models.config.image_vae.size, splits)
     sources = choose_sources(studies, direction, num_studies, base_seed)
     planned = plan_xgem_set(studies, sources, direction, settings, hashes, base_seed)

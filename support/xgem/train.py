@@ -76,6 +76,23 @@ def spaces_fingerprint(root: str | os.PathLike, config: XGeMConfig) -> dict[str,
     return {name: sha256_file(path) for name, path in files.items()}
 
 
+def weight_hashes(root: str | os.PathLike, config: XGeMConfig, joint: bool) -> dict[str, str]:
+    """SHA-256 of every weight file generation reads: the three frozen spaces, the three denoisers
+    and, when sampling jointly, the joint stage."""
+    from support.io import sha256_file
+    from support.xgem.diffusion import REPORT_WEIGHTS
+    from support.xgem.joint import DENOISER_DIRS, WEIGHTS
+
+    root = Path(root)
+    hashes = dict(spaces_fingerprint(root, config))
+    for m, folder in DENOISER_DIRS.items():
+        hashes[m] = sha256_file(root / folder / (REPORT_WEIGHTS if m == "report" else
+                                                 "diffusion_pytorch_model.safetensors"))
+    if joint:
+        hashes["joint"] = sha256_file(root / "joint" / WEIGHTS)
+    return hashes
+
+
 def load_spaces(root: str | os.PathLike, config: XGeMConfig, device: str | torch.device = "cpu"):
     """(codec, optimus, report tokenizers, contrastive model) of a model folder, in eval mode on ``device``."""
     from support.xgem.contrastive import load_contrastive
