@@ -1,0 +1,78 @@
+"""Notebook 03's configuration and bookkeeping: the full profile refuses missing local weights, stage
+budgets and seeds reach every loop, the settings file rebuilds the config, and the studies a
+direction is measured on hold its inputs and its report truth."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from support.params import ParameterError
+from support.xgem import study
+from support.xgem.data import Studies
+from support.xgem.train import model_config, write_settings
+
+
+def test_full_names_the_missing_local_folders_unless_stand_ins_are_allowed(tmp_path):
+    with pytest.raises(ParameterError, match=r"\['vae_path', 'clip_path', 'bert_path', 'gpt2_path'\]"):
+        study.notebook_config("full")
+    config, _ = study.notebook_config("full", allow_stand_ins=True)
+    assert config.unet.base_channels == 320 and config.contrastive.embed_dim == 768
+    vae = tmp_path / "vae"
+    vae.mkdir()
+    with pytest.raises(ParameterError, match=r"\['clip_path', 'bert_path', 'gpt2_path'\]"):
+        study.notebook_config("full", local={"vae_path": str(vae)})
+    with pytest.raises(ParameterError, match="unknown local weights 'sd_path'"):
+        study.notebook_config("quick", local={"sd_path": "x"})
+
+
+def test_stage_budgets_and_the_seed_reach_every_loop_and_the_settings_rebuild_it(tmp_path):
+    config, settings = study.notebook_config("quick", seed=7, stage_steps={"frontal": 123, "joint": 0},
+                                             overrides={"generate": {"steps": 4}})
+    assert config.loops.frontal.max_steps == 123 and config.loops.frontal.epochs is None
+    assert config.loops.joint.max_steps == study.xgem_config("quick").loops.joint.max_steps    # 0: the preset's
+    assert {getattr(config.loops, s).seed for s in ("image_vae", "report_vae", "contrastive", "frontal", "lateral",
+                                                    "report", "joint")} == {7}
+    assert config.generate.steps == 4
+    write_settings(tmp_path, settings)
+    assert model_config(tmp_path) == config
+    with pytest.raises(ParameterError, match="unknown stage"):
+        study.notebook_config("quick", stage_steps={"decoder": 5})
+    with pytest.raises(FileNotFoundError, match="no XGeM settings"):
+        model_config(tmp_path / "elsewhere")
+    assert not study.single_prompt(config).diffusion.multi_prompt and config.diffusion.multi_prompt
+
+
+def test_stage_table_reads_each_history():
+    histories = {"frontal": {"step": [10, 20], "loss": [1.0, 0.5], "images_per_s": [10.0, 30.0], "n_studies": 40},
+                 "report_vae": {"step": [5], "loss": [9.0], "images_per_s": [], "n_reports": 12}}
+    table = study.stage_table(histories).set_index("stage")
+    assert table.loc["frontal", "updates"] == 20 and table.loc["frontal", "loss end"] == 0.5
+    assert table.loc["frontal", "items/s"] == 20.0 and table.loc["frontal", "studies"] == 40
+    assert math.isnan(table.loc["report_vae", "items/s"]) and table.loc["report_vae", "studies"] == 12
+
+
+class _Fake(Studies):
+    """Studies from a table alone (no images read)."""
+
+    def __init__(self, table):
+        self.records = table
+
+
+def test_a_direction_is_measured_on_studies_holding_its_inputs_and_report_truth():
+    table = pd.DataFrame({"lateral_path": ["l0", "", "l2", ""], "report": ["a", "b", "", ""]})
+    studies = _Fake(table)
+    assert study._eligible(studies, ("frontal",), ("lateral",)) == [0, 1, 2, 3]
+    assert study._eligible(studies, ("lateral",), ("frontal",)) == [0, 2]
+    assert study._eligible(studies, ("frontal",), ("report",)) == [0, 1]       # BLEU needs the study's report
+    assert study._eligible(studies, ("report",), ("frontal", "lateral")) == [0, 1]
+    assert study._eligible(studies, ("frontal", "lateral"), ("report",)) == [0]
+
+
+def test_the_ablation_table_pairs_outputs_of_the_same_direction():
+    multi = pd.DataFrame({"direction": ["F->L", "T->F"], "output": ["lateral", "frontal"], "agreement": [0.7, 0.6],
+                          "f1": [0.3, 0.2], "fd": [10.0, 12.0]})
+    single = multi.assign(agreement=[0.5, 0.65])
+    table = study.ablation_table(multi, single).set_index("direction")
+    assert table.loc["F->L", "agreement multi"] == 0.7 and table.loc["F->L", "agreement single"] == 0.5
+    assert list(table.columns[:2]) == ["output", "agreement multi"]
