@@ -152,3 +152,26 @@ def test_a_generated_report_is_the_study_report(system, tmp_path):
     assert len(texts) == 2 and all(t.read_text().startswith("FINDINGS:") for t in texts)
     table, _ = load_dataset("mimic-cxr-jpg", out, reports="auto")
     assert len(table) == 2 and set(table["view"]) == {"LATERAL"} and (table["impression"] == "").all()
+
+
+def test_the_rare_finding_set_draws_the_rarest_findings_in_turn(system, tmp_path):
+    records, _, _ = system
+    train = records[records["split"] == "train"].drop_duplicates("study_id")
+    rare = synthetic.rarest_findings(records, 2)
+    counts = {f: int((train[f] == 1).sum()) for f in CHEXPERT_LABELS if f not in ("No Finding", "Support Devices")}
+    present = sorted(n for n in counts.values() if n >= 1)
+    assert [counts[f] for f in rare] == present[:2] and "No Finding" not in rare
+    studies = synthetic.source_studies(records, CONFIG.image_vae.size)
+    chosen = synthetic.choose_finding_sources(studies, "T->F+L", 9, rare, seed=3)
+    assert len(chosen) == 9
+    for i, row in enumerate(chosen):                      # finding i % 2 in turn, repeated when few
+        assert studies.records[rare[i % 2]].iat[row] == 1 and studies.has_report.iat[row]
+    assert chosen == synthetic.choose_finding_sources(studies, "T->F+L", 9, rare, seed=3)
+    with pytest.raises(ValueError, match="no label column 'Nodule'"):
+        synthetic.choose_finding_sources(studies, "T->F+L", 2, ["Nodule"])
+    out = tmp_path / "xgem-t2fl-rare"
+    summary = write(system, out, num_studies=4, splits=("train",), findings=rare)
+    assert summary["generated"] == 4
+    table, _ = load_dataset("mimic-cxr-jpg", out, reports="auto")
+    per_study = table.drop_duplicates("study_id")
+    assert ((per_study[rare[0]] == 1) | (per_study[rare[1]] == 1)).all()

@@ -1,11 +1,13 @@
-"""XGeM's synthetic sets: studies generated in one direction from held-out studies, written by the
+"""XGeM's synthetic sets: studies generated in one direction from the run's studies, written by the
 core sample writer (:mod:`support.core.sample_writer`: MIMIC-CXR-JPG layout, resumable,
 provenance per image).
 
-A set is one direction (``T->F+L`` by default). Its source studies come from held-out splits, as
-notebook 04 draws T2I-LoRA's prompts (the test split): those holding every input of the
-direction, in a seeded random order, the first ``num_studies`` of them (so a larger count keeps
-the studies a smaller one chose). Study *i* is conditioned on source study *i* and sampled with
+A set is one direction (``T->F+L`` by default). Its source studies come from the training split
+by default (the sets train downstream models: conditioning on test studies would carry what the
+test holds into training): those holding every input of the direction, in a seeded random order,
+the first ``num_studies`` of them (so a larger count keeps the studies a smaller one chose). With
+``findings``, only studies labelled with one of them are drawn, in turn per finding and with
+repetition when there are few: the set oversamples rare findings (the class-imbalance use). Study *i* is conditioned on source study *i* and sampled with
 seed ``base_seed + i`` from its own CPU generator, so it does not depend on the batch it was drawn
 in: a rerun completes missing studies exactly as one run would have, and any study can be
 regenerated alone (``generate`` with one seed per study).
@@ -46,7 +48,7 @@ from support.xgem.train import weight_hashes
 
 GENERATOR = "xgem"
 DEFAULT_DIRECTION = "T->F+L"
-DEFAULT_SPLITS = ("test",)
+DEFAULT_SPLITS = ("train",)
 VIEWS = {"frontal": "PA", "lateral": "LATERAL"}
 WEIGHTS = ("image_vae", "report_vae", "contrastive", "frontal", "lateral", "report", "joint")
 PROVENANCE_COLUMNS = ("generator", "direction", "output", "seed", "steps", "guidance_scale", "eta", "joint",
@@ -75,7 +77,7 @@ def image_outputs(direction: str) -> tuple[str, ...]:
 
 # ------------------------------------------------------------------------------ sources and plan
 def source_studies(records: pd.DataFrame, size: int, splits: Sequence[str] = DEFAULT_SPLITS) -> Studies:
-    """The held-out studies of ``splits`` as XGeM reads them (triplets at ``size`` px)."""
+    """The studies of ``splits`` as XGeM reads them (triplets at ``size`` px)."""
     chosen = records[records["split"].isin(list(splits))]
     if chosen.empty:
         raise ValueError(f"XGeM set: no record of split(s) {list(splits)} to condition on")
@@ -97,16 +99,45 @@ def choose_sources(studies: Studies, direction: str, n: int, seed: int = 0) -> l
     """Up to ``n`` eligible studies in a seeded random order; a larger ``n`` extends the same list."""
     pool = eligible(studies, direction)
     if not pool:
-        raise ValueError(f"XGeM set {direction}: none of the {len(studies)} held-out studies holds every input "
+        raise ValueError(f"XGeM set {direction}: none of the {len(studies)} source studies holds every input "
                          f"({', '.join(parse_direction(direction)[0])})")
     order = np.random.default_rng(seed).permutation(len(pool))
     return [pool[int(j)] for j in order[:n]]
 
 
-def sources_sha256(studies: Studies, direction: str, seed: int) -> str:
-    """Fingerprint of what decides the sources: the eligible studies' ids and the selection seed."""
+def rarest_findings(records: pd.DataFrame, k: int, split: str = "train", min_studies: int = 1) -> list[str]:
+    """The ``k`` findings labelled positive in the fewest studies of ``split`` (at least
+    ``min_studies``), rarest first; "No Finding" and "Support Devices" are not findings to balance."""
+    studies = records[records["split"] == split].drop_duplicates("study_id")
+    counts = {f: int((studies[f] == 1).sum()) for f in CHEXPERT_LABELS
+              if f not in ("No Finding", "Support Devices") and f in studies.columns}
+    kept = sorted((n, f) for f, n in counts.items() if n >= min_studies)
+    return [f for _, f in kept[:k]]
+
+
+def choose_finding_sources(studies: Studies, direction: str, n: int, findings: Sequence[str],
+                           seed: int = 0) -> list[int]:
+    """``n`` eligible studies labelled with ``findings``: one per finding in turn, each finding's
+    studies in a seeded order, repeated when there are fewer than its turns."""
+    pool = eligible(studies, direction)
+    rng = np.random.default_rng(seed)
+    lists = {}
+    for f in findings:
+        if f not in studies.records.columns:
+            raise ValueError(f"XGeM set: no label column {f!r}; expected one of {list(CHEXPERT_LABELS)}")
+        with_f = [i for i in pool if studies.records[f].iat[i] == 1]
+        if not with_f:
+            raise ValueError(f"XGeM set {direction}: no source study labelled {f!r} holds every input")
+        lists[f] = [with_f[int(j)] for j in rng.permutation(len(with_f))]
+    return [lists[f][(i // len(findings)) % len(lists[f])] for i, f in
+            ((i, findings[i % len(findings)]) for i in range(n))]
+
+
+def sources_sha256(studies: Studies, direction: str, seed: int, findings: Sequence[str] = ()) -> str:
+    """Fingerprint of what decides the sources: the eligible studies' ids, the findings asked for
+    and the selection seed."""
     ids = studies.records["study_id"].astype(str).iloc[eligible(studies, direction)].tolist()
-    payload = json.dumps({"direction": direction, "seed": int(seed), "studies": ids})
+    payload = json.dumps({"direction": direction, "seed": int(seed), "studies": ids, "findings": list(findings)})
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -188,13 +219,15 @@ def generate_studies(models: XGeMModels, studies: Studies, direction: str, batch
 # ------------------------------------------------------------------------------ the set
 def write_xgem_set(models: XGeMModels, model_root: str | os.PathLike, records: pd.DataFrame,
                    root: str | os.PathLike, direction: str = DEFAULT_DIRECTION, *, num_studies: int = 16,
-                   splits: Sequence[str] = DEFAULT_SPLITS, base_seed: int = 0, batch_size: int = 8,
+                   splits: Sequence[str] = DEFAULT_SPLITS, findings: Sequence[str] = (), base_seed: int = 0,
+                   batch_size: int = 8,
                    steps: int | None = None, guidance: float | None = None, eta: float | None = None,
                    joint: bool = True, split: str = "train", jpeg_quality: int = 95, accelerator=None,
                    progress: bool = True) -> dict[str, Any]:
-    """Generate ``direction``'s set under ``root`` from up to ``num_studies`` held-out studies of
-    ``records`` (``splits``); return the sample writer's summary with the settings, the weights'
-    hashes and the number of sources.
+    """Generate ``direction``'s set under ``root`` from up to ``num_studies`` studies of ``records``
+    (``splits``; with ``findings``, exactly ``num_studies`` drawn from the studies labelled with them,
+    see the module docs); return the sample writer's summary with the settings, the weights' hashes
+    and the number of sources.
 
     ``models`` is the system loaded from ``model_root`` (:func:`~support.xgem.train.load_xgem`),
     whose weight files are hashed into the provenance. ``steps``/``guidance``/``eta`` default to
@@ -220,14 +253,16 @@ def write_xgem_set(models: XGeMModels, model_root: str | os.PathLike, records: p
                 "eta": float(g.eta if eta is None else eta), "joint": together}
     hashes = weight_hashes(model_root, models.config, together)
     studies = source_studies(records, models.config.image_vae.size, splits)
-    sources = choose_sources(studies, direction, num_studies, base_seed)
+    sources = choose_finding_sources(studies, direction, num_studies, list(findings), base_seed) if findings \
+        else choose_sources(studies, direction, num_studies, base_seed)
     planned = plan_xgem_set(studies, sources, direction, settings, hashes, base_seed)
     identity = {"generator": GENERATOR, "direction": direction, **settings, "base_seed": int(base_seed),
-                "sources_sha256": sources_sha256(studies, direction, base_seed),
+                "sources_sha256": sources_sha256(studies, direction, base_seed, list(findings)),
                 **{f"{name}_sha256": value for name, value in hashes.items()}}
     summary = write_samples(root, planned, lambda batch: generate_studies(models, studies, direction, batch, settings),
                             dataset_name=set_name(direction), provenance_columns=PROVENANCE_COLUMNS,
-                            info={"model_root": str(Path(model_root).resolve()), "splits": list(splits)},
+                            info={"model_root": str(Path(model_root).resolve()), "splits": list(splits),
+                                  "findings": list(findings)},
                             identity=identity, identity_name="XGeM setting or source studies", split=split,
                             batch_size=batch_size, jpeg_quality=jpeg_quality, generated_reports="report" in outputs,
                             accelerator=accelerator, progress=progress, desc=f"xgem {direction}")
