@@ -10,6 +10,10 @@ from scipy.ndimage import shift as nd_shift
 from support.eval import privacy
 from support.eval.features import embed_set
 
+# privacy imports torchmetrics' SSIM when first called; importing it here once makes each forked
+# mutation-test process (tests/mutation.py) start with it loaded
+import torchmetrics.functional.image  # noqa: E402,F401
+
 torch.set_num_threads(1)
 SIZE = 64
 

@@ -4,7 +4,9 @@ training, and joint vs independent generation of two outputs.
 
 Every output is compared with the study its conditions came from: generated images through the
 reference classifier of their view (trained on the run's real images of that view, cached as 06
-caches its own), generated reports through the labeler, both against the study's labels.
+caches its own), generated reports through the labeler, both against the study's labels. Beside
+each agreement: the same outputs against *other* studies' truth (an output that ignores its
+conditions scores this), and the study's real image or report read by the same judge (the ceiling).
 """
 
 from __future__ import annotations
@@ -162,9 +164,19 @@ def score_direction(direction: str, rows: Sequence[int], outputs: Mapping[str, A
     result = []
     for m, out in outputs.items():
         row = {"direction": direction, "output": m, "studies": len(rows)}
-        agreement = finding_agreement(judges.stated(m, out), truth) if len(rows) else \
-            {"agreement": math.nan, "f1": math.nan, "reason": too_few(0)}
-        row.update({"agreement": agreement["agreement"], "f1": agreement["f1"]})
+        if len(rows):
+            stated = judges.stated(m, out)
+            agreement = finding_agreement(stated, truth)
+            # the same outputs against other studies' truth (what an output unrelated to its study
+            # scores), and the real image or report of each study read by the same judge (the ceiling)
+            unmatched = finding_agreement(stated, np.roll(truth, 1, axis=0))
+            real = [studies.records["report"].iat[i] for i in rows] if m == "report" else \
+                torch.stack([studies[i][m] for i in rows])
+            ceiling = finding_agreement(judges.stated(m, real), truth)
+        else:
+            agreement = unmatched = ceiling = {"agreement": math.nan, "f1": math.nan, "reason": too_few(0)}
+        row.update({"agreement": agreement["agreement"], "agreement unmatched": unmatched["agreement"],
+                    "agreement real": ceiling["agreement"], "f1": agreement["f1"], "f1 real": ceiling["f1"]})
         if m == "report":
             scores = report_scores(out, studies.records["report"].iloc[list(rows)].tolist())
             row.update({k: scores[k] for k in ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL")})
@@ -221,7 +233,7 @@ def evaluate_directions(models, studies: Studies, judges: Judges, directions: Se
 def ablation_table(multi: pd.DataFrame, single: pd.DataFrame) -> pd.DataFrame:
     """Multi-Prompt vs single-prompt training, output by output, on the same studies and seeds."""
     keys = ["direction", "output"]
-    cols = [c for c in ("agreement", "f1", "fd", "bleu4", "rougeL") if c in multi.columns]
+    cols = [c for c in ("agreement", "agreement unmatched", "f1", "fd", "bleu4", "rougeL") if c in multi.columns]
     merged = multi[keys + cols].merge(single[keys + cols], on=keys, suffixes=(" multi", " single"))
     return merged
 
