@@ -1,6 +1,7 @@
 """The XGeM benchmark's plan and printout, without training (the benchmark is run by hand)."""
 
 from support.benchmarks.xgem import bench_config, report, variants
+from support.xgem.config import xgem_config
 from support.xgem.train import STAGES
 
 
@@ -9,7 +10,9 @@ def test_every_stage_is_cut_to_the_timed_updates_and_logs_each():
     for stage in STAGES:
         loop = getattr(config.loops, stage)
         assert (loop.max_steps, loop.log_every, loop.checkpoint_every, loop.cpu) == (5, 1, 5, True), stage
-    assert config.loops.contrastive.batch_size == 32 and config.image_vae.size == 64   # the quick profile's
+    quick = xgem_config("quick")                      # everything else is the profile's
+    assert config.loops.contrastive.batch_size == quick.loops.contrastive.batch_size
+    assert config.image_vae == quick.image_vae and config.unet == quick.unet
 
 
 def test_peers_are_guidance_1_everywhere_and_independent_sampling_for_two_outputs():
