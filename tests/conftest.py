@@ -27,3 +27,21 @@ def fixture_notebooks(tmp_path) -> Path:
     dst = tmp_path / "notebooks"
     shutil.copytree(FIXTURE_NOTEBOOKS, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_xgem(tmp_path_factory):
+    """XGeM's ``test`` profile trained once on a 20-patient phantom at 48 px (a lateral in 60% of the
+    studies): (records, model folder, each stage's history). Tests read it; none retrains it."""
+    from support.data.adapters import load_dataset
+    from support.phantom import PhantomConfig, generate_phantom
+    from support.xgem.config import xgem_config
+    from support.xgem.train import train_xgem
+
+    data = tmp_path_factory.mktemp("xgem-phantom")
+    generate_phantom(data, PhantomConfig(n_patients=20, image_size=48, seed=3, lateral_share=0.6, text_share=0.0),
+                     workers=1, progress=False)
+    records = load_dataset("mimic-cxr-jpg", data)[0]
+    root = tmp_path_factory.mktemp("xgem")
+    histories = train_xgem(xgem_config("test"), records, root, progress=False)
+    return records, root, histories

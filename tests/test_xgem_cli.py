@@ -9,27 +9,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.data.adapters import load_dataset
-from support.phantom import PhantomConfig, generate_phantom
 from support.xgem.cli import main, model_config, parse_weights
 from support.xgem.config import xgem_config
 from support.xgem.data import Studies
 from support.xgem.generate import DIRECTIONS
-from support.xgem.train import train_xgem
 
 CONFIG = xgem_config("test")
 SPACES = {"image_vae", "report_vae", "contrastive", "frontal", "lateral", "report"}
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory):
+def system(tiny_xgem):
     """(model folder with its xgem.json, a held-out study's frontal and lateral paths and report)."""
-    data = tmp_path_factory.mktemp("phantom")
-    generate_phantom(data, PhantomConfig(n_patients=20, image_size=48, seed=3, lateral_share=0.6, text_share=0.0),
-                     workers=1, progress=False)
-    records = load_dataset("mimic-cxr-jpg", data)[0]
-    root = tmp_path_factory.mktemp("xgem")
-    train_xgem(CONFIG, records, root, progress=False)
+    records, root, _ = tiny_xgem
     (root / "xgem.json").write_text(json.dumps({"profile": "test", "overrides": {}}))
     held = Studies(records[records["split"] != "train"], CONFIG.image_vae.size)
     row = held.records[held.has_lateral & held.has_report].iloc[0]

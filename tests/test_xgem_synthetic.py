@@ -14,11 +14,10 @@ from PIL import Image
 from support.data.adapters import load_dataset
 from support.data.schema import CHEXPERT_LABELS
 from support.io import sha256_file
-from support.phantom import PhantomConfig, generate_phantom
 from support.xgem import synthetic
 from support.xgem.config import xgem_config
 from support.xgem.generate import generate
-from support.xgem.train import load_xgem, model_config, train_xgem
+from support.xgem.train import load_xgem, model_config
 
 torch.set_num_threads(1)
 CONFIG = xgem_config("test")
@@ -26,13 +25,8 @@ SPLITS = ("validate", "test")          # ten held-out studies in this phantom, f
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory):
-    data = tmp_path_factory.mktemp("phantom")
-    generate_phantom(data, PhantomConfig(n_patients=20, image_size=48, seed=3, lateral_share=0.6, text_share=0.0),
-                     workers=1, progress=False)
-    records = load_dataset("mimic-cxr-jpg", data)[0]
-    root = tmp_path_factory.mktemp("xgem")
-    train_xgem(CONFIG, records, root, progress=False)
+def system(tiny_xgem):
+    records, root, _ = tiny_xgem
     return records, root, load_xgem(CONFIG, root)
 
 

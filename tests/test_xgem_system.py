@@ -5,11 +5,9 @@ kind and shape; missing inputs are named."""
 import pytest
 import torch
 
-from support.data.adapters import load_dataset
-from support.phantom import PhantomConfig, generate_phantom
 from support.xgem.config import xgem_config
 from support.xgem.generate import DIRECTIONS, direction_name, generate, parse_direction
-from support.xgem.train import STAGES, encoded_studies, load_xgem, train_xgem
+from support.xgem.train import STAGES, encoded_studies, load_xgem
 
 torch.set_num_threads(1)
 CONFIG = xgem_config("test")
@@ -27,14 +25,8 @@ def test_the_twelve_directions_are_parsed_as_published():
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory):
-    data = tmp_path_factory.mktemp("phantom")
-    generate_phantom(data, PhantomConfig(n_patients=20, image_size=48, seed=3, lateral_share=0.6, text_share=0.0),
-                     workers=1, progress=False)
-    records = load_dataset("mimic-cxr-jpg", data)[0]
-    root = tmp_path_factory.mktemp("xgem")
-    histories = train_xgem(CONFIG, records, root, progress=False)
-    return records, root, histories
+def system(tiny_xgem):
+    return tiny_xgem
 
 
 def test_every_stage_trains_in_its_folder(system):

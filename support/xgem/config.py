@@ -269,12 +269,13 @@ PROFILES: dict[str, XGeMConfig] = {
                              layers_per_block=1, heads=4, norm_num_groups=16),
         report_denoiser=ReportDenoiserConfig(width=256, blocks=3, heads=4),
         joint=JointConfig(env_width=64),
-        generate=GenerateConfig(steps=10, report_max_tokens=96),
-        # the demo's budget (about 100 s for 03 on 2 cores); a study run sets 03_xgem.stage_steps
-        loops=XGeMLoops(image_vae=_small_loop(40, 8, 1e-3), report_vae=_small_loop(60, 16, 1e-3),
-                        contrastive=_small_loop(40, 16, 5e-4), frontal=_small_loop(60, 16, 5e-4),
-                        lateral=_small_loop(60, 16, 5e-4), report=_small_loop(60, 32, 5e-4),
-                        joint=_small_loop(20, 8, 5e-4))),
+        generate=GenerateConfig(steps=8, report_max_tokens=96),
+        # the demo's budget (about 90 s for 03 on 2 cores): it shows the code path, not XGeM's effects;
+        # a study run sets 03_xgem.stage_steps (e.g. 600-1,500 updates a stage: 35 minutes)
+        loops=XGeMLoops(image_vae=_small_loop(25, 8, 1e-3), report_vae=_small_loop(30, 16, 1e-3),
+                        contrastive=_small_loop(25, 16, 5e-4), frontal=_small_loop(30, 16, 5e-4),
+                        lateral=_small_loop(30, 16, 5e-4), report=_small_loop(30, 32, 5e-4),
+                        joint=_small_loop(12, 8, 5e-4))),
     "test": XGeMConfig(
         image_vae=ImageVAEConfig(size=32, block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8),
         report_vae=ReportVAEConfig(latent_dim=16, max_tokens=48, vocab_size=200, hidden_size=32, layers=1, heads=2,
