@@ -10,8 +10,8 @@ from sabotage import Sabotaged
 from support.core import trainer
 from support.io import load_state_dict
 from support.xgem.config import xgem_config
-from support.xgem.diffusion import train_denoiser
-from support.xgem.joint import (PAIRS, JointStage, JointTask, build_joint_model, condition_of, joint_noise,
+from support.xgem.diffusion import predict_noise, train_denoiser
+from support.xgem.joint import (PAIRS, JointStage, JointTask, build_joint_model, condition_of,
                                 load_backbones, load_joint, train_joint)
 from test_xgem_diffusion import C, D, E, S, encoded
 
@@ -41,7 +41,7 @@ def test_joint_layers_start_as_the_identity(stage4):
     t, ctx = torch.tensor([10, 500, 900]), F.normalize(torch.randn(3, E), dim=-1)
     preds, tokens = model.pair_noise(("frontal", "report"), noisy, t, ctx)
     for m in ("frontal", "report"):
-        torch.testing.assert_close(preds[m], joint_noise(plain[m].eval(), noisy[m], t, ctx, None))
+        torch.testing.assert_close(preds[m], predict_noise(plain[m].eval(), noisy[m], t, ctx, None))
         assert tokens[m].shape == (3, E) and torch.allclose(tokens[m].norm(dim=-1), torch.ones(3))
     trained = model.trained_state()
     assert trained and all(k.startswith(("environment.", "joint.")) for k in trained)
@@ -73,8 +73,8 @@ def test_only_the_joint_parts_learn_and_the_other_token_then_matters(stage4, joi
     x, t, ctx = torch.randn(2, C, S, S), torch.tensor([100, 700]), F.normalize(torch.randn(2, E), dim=-1)
     env1, env2 = F.normalize(torch.randn(2, 1, E), dim=-1), F.normalize(torch.randn(2, 1, E), dim=-1)
     m = model.backbones["frontal"]
-    assert not torch.allclose(joint_noise(m, x, t, ctx, env1), joint_noise(m, x, t, ctx, env2))
-    torch.testing.assert_close(joint_noise(m, x, t, ctx, None), joint_noise(backbones["frontal"].eval(), x, t, ctx, None))
+    assert not torch.allclose(predict_noise(m, x, t, ctx, env1), predict_noise(m, x, t, ctx, env2))
+    torch.testing.assert_close(predict_noise(m, x, t, ctx, None), predict_noise(backbones["frontal"].eval(), x, t, ctx, None))
 
 
 def test_joint_resume_after_a_crash_is_bit_identical(stage4, joint_run, tmp_path):

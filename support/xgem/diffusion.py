@@ -123,10 +123,14 @@ def build_denoiser(config: XGeMConfig, target: str, latent_dim: int) -> nn.Modul
     return build_image_unet(config.unet, config.image_vae.latent_channels, config.image_vae.latent_size, context)
 
 
-def predict_noise(model: nn.Module, noisy: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """epsilon of either kind of model for one context token per sample (``context`` (B, E))."""
-    out = model(noisy, t, encoder_hidden_states=context[:, None, :])
-    return out.sample if hasattr(out, "sample") else out
+def predict_noise(model: nn.Module, noisy: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                  environment: torch.Tensor | None = None) -> torch.Tensor:
+    """epsilon of either kind of model for one context token per sample (``context`` (B, E)),
+    attending to the other modality's environment tokens (B, K, E) once stage 5 added its layers."""
+    if isinstance(model, ReportDenoiser):
+        return model(noisy, t, context[:, None, :], environment=environment)
+    kwargs = {"environment": environment} if environment is not None else None
+    return model(noisy, t, encoder_hidden_states=context[:, None, :], cross_attention_kwargs=kwargs).sample
 
 
 def save_denoiser(model: nn.Module, folder: str | os.PathLike) -> Path:

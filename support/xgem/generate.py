@@ -90,9 +90,9 @@ def _batch_size(given: dict[str, Any]) -> int:
 
 def _noise(model: nn.Module, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
            environment: torch.Tensor | None) -> torch.Tensor:
-    from support.xgem.joint import joint_noise
+    from support.xgem.diffusion import predict_noise
 
-    return joint_noise(model, x, t.expand(x.shape[0]), context, environment)
+    return predict_noise(model, x, t.expand(x.shape[0]), context, environment)
 
 
 def _guided(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,

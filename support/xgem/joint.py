@@ -30,7 +30,7 @@ from support.core.schedules import diffusion_loss, make_noise_scheduler
 from support.params import Checked
 from support.xgem.config import DiffusionConfig, JointConfig, XGeMConfig
 from support.xgem.contrastive import symmetric_infonce
-from support.xgem.diffusion import ReportDenoiser, load_denoiser, noise_config
+from support.xgem.diffusion import ReportDenoiser, load_denoiser, noise_config, predict_noise
 from support.xgem.encoded import EncodedStudies
 from support.xgem.multiprompt import KIND
 
@@ -161,15 +161,6 @@ def add_joint_attention(model: nn.Module, env_dim: int) -> nn.ModuleList:
     return layers
 
 
-def joint_noise(model: nn.Module, noisy: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                environment: torch.Tensor | None) -> torch.Tensor:
-    """epsilon of a backbone for one context token (B, E), attending to ``environment`` (B, K, E) if given."""
-    if isinstance(model, ReportDenoiser):
-        return model(noisy, t, context[:, None, :], environment=environment)
-    kwargs = {"environment": environment} if environment is not None else None
-    return model(noisy, t, encoder_hidden_states=context[:, None, :], cross_attention_kwargs=kwargs).sample
-
-
 # ------------------------------------------------------------------------------ the joint model
 class JointModel(nn.Module):
     """The three frozen backbones with their environment encoders and joint layers."""
@@ -206,8 +197,8 @@ class JointModel(nn.Module):
         returns (predictions, environment tokens)."""
         tokens = {m: self.environment[m](noisy[m], t) for m in pair}
         a, b = pair
-        preds = {a: joint_noise(self.backbones[a], noisy[a], t, context, tokens[b][:, None]),
-                 b: joint_noise(self.backbones[b], noisy[b], t, context, tokens[a][:, None])}
+        preds = {a: predict_noise(self.backbones[a], noisy[a], t, context, tokens[b][:, None]),
+                 b: predict_noise(self.backbones[b], noisy[b], t, context, tokens[a][:, None])}
         return preds, tokens
 
 
