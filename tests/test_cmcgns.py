@@ -195,3 +195,20 @@ def test_gains_are_differences_to_global_on_the_pairs_judged():
     assert table.loc["cmcgns|real", ("chexpert5", 0.1)] == pytest.approx(0.05)
     assert table.loc["cmcgns|real", ("chexpert5", 1.0)] == pytest.approx(-0.04)   # the headline, not auroc:Edema
     assert math.isnan(table.loc["cmcgns|real", ("pneumothorax", 1.0)])             # global not scored: no gain
+
+
+def test_a_source_smaller_than_one_batch_is_named_and_not_trained(records, tmp_path):
+    from support.cmcgns.ablations import pretrain_grid
+
+    config = cmcgns_config("test")
+    frontal = records[records["split"].eq("train") & records["view"].isin(["PA", "AP"])]
+    tiny = frontal.head(config.train.batch_size - 1)        # every one a usable pair (text_share 0)
+    with pytest.warns(UserWarning, match="'tiny' skipped"):
+        summary, histories, skipped = pretrain_grid({"tiny": tiny, "phantom": frontal}, ["global", "cmcgns"],
+                                                    config, tmp_path)
+    assert list(skipped) == ["tiny"] and f"{len(tiny)} items give no full batch" in skipped["tiny"]
+    assert summary["source"].tolist() == ["phantom", "phantom"] and set(histories) == {
+        "cmcgns-global-phantom", "cmcgns-cmcgns-phantom"}
+    assert not (tmp_path / "cmcgns-global-tiny" / "stage1").exists()
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="every source is smaller than one batch.*'tiny'"):
+        pretrain_grid({"tiny": tiny}, ["cmcgns"], config, tmp_path / "again")

@@ -356,3 +356,13 @@ def test_fp16_without_a_cuda_device_trains_in_fp32_and_says_so():
         assert resolve_mixed_precision("fp16", cpu=True) == "no"
     assert resolve_mixed_precision("bf16", cpu=True) == "bf16" and resolve_mixed_precision("no") == "no"
     assert resolve_mixed_precision("auto", cpu=True) == "no"
+
+
+def test_a_set_without_one_full_batch_per_process_is_refused_before_any_process_starts(tmp_path):
+    trainer.check_full_batch(64, 32, 2)                 # exactly one batch each
+    with pytest.raises(trainer.TooFewItems, match="63 items give no full batch of 32 per process over 2"):
+        trainer.check_full_batch(63, 32, 2)
+    # two processes would fork first; the refusal comes from launch itself, typed, and writes nothing
+    with pytest.raises(trainer.TooFewItems):
+        trainer.launch(Regression(Points(16)), loop(batch_size=9), tmp_path / "run", num_processes=2)
+    assert not (tmp_path / "run").exists()

@@ -133,11 +133,12 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     assert set(dino["sources"]) == {"real", "none"} | {p.name for p in (root / "samples").iterdir()
                                                        if not p.name.endswith("-cleaned")}
     assert dino["sources"]["none"] == 0 and all(n > 0 for k, n in dino["sources"].items() if k != "none")
-    assert set(dino["encoders"]) == set(dino["sources"]) - {"none"} and dino["headline"]
+    assert set(dino["encoders"]) == set(dino["sources"]) - {"none"} and dino["headline"] and dino["skipped"] == {}
     assert all(0 <= v <= 1 for v in dino["headline"].values() if v is not None and np.isfinite(v))
     # 08: both ablations on the real split and on the report-carrying sets (T2I-LoRA's, XGeM's), not on the DDPM's
     cmcgns = json.loads((root / "metrics" / "08_cmcgns_pretrain.json").read_text())
     assert set(cmcgns["sources"]) == {"real", name, "xgem-t2fl"} and cmcgns["sources"][name] == 6
+    assert cmcgns["skipped"] == {}
     assert list(cmcgns["not_sources"]) == [p.name for p in (root / "samples").iterdir() if p.name.startswith("ddpm")]
     for run in ("global|real", f"cmcgns|{name}"):
         assert (Path(cmcgns["encoders"][run]) / "encoder.safetensors").is_file()

@@ -290,3 +290,16 @@ def test_the_benchmark_times_both_loops_on_the_same_work():
     assert result["ratio_ours_over_lightly_example"] == pytest.approx(
         result["ours_images_per_s"] / result["lightly_example_images_per_s"])
     assert result["crops"] == "2 x 32 px + 2 x 16 px" and result["batch_size"] == 4
+
+
+def test_a_source_smaller_than_one_batch_is_named_and_the_others_still_train(tmp_path):
+    from support.ssl.evaluate import pretrain
+
+    batch = CONFIG.train.batch_size
+    with pytest.warns(UserWarning, match="'tiny' skipped"):
+        encoders, skipped = pretrain({"tiny": Discs(batch - 1), "discs": Discs(), "none": None}, CONFIG, tmp_path)
+    assert set(encoders) == {"discs", "none"} and list(skipped) == ["tiny"]
+    assert f"{batch - 1} items give no full batch of {batch}" in skipped["tiny"]
+    assert not (tmp_path / "dino-tiny").exists() and (tmp_path / "dino-discs" / "encoder").is_dir()
+    with pytest.raises(ValueError, match="every source is smaller than one batch"), pytest.warns(UserWarning):
+        pretrain({"tiny": Discs(batch - 1), "none": None}, CONFIG, tmp_path / "again")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -69,20 +70,27 @@ def run_name(method: str, source: str) -> str:
 
 
 def pretrain_grid(sources: Mapping[str, pd.DataFrame], methods: Sequence[str], config: CMCGNSConfig,
-                  models_dir: str | os.PathLike, num_processes: int = 1) -> tuple[pd.DataFrame, dict]:
+                  models_dir: str | os.PathLike, num_processes: int = 1) -> tuple[pd.DataFrame, dict, dict]:
     """One pretraining per (method, source) at ``config``'s budget, in ``models_dir/cmcgns-<method>-<source>``.
     Returns a summary (one row per run: pairs, sentences, each loss part at the start and end,
-    seconds, encoder folder) and the histories by run name."""
+    seconds, encoder folder), the histories by run name, and the sources skipped with the reason:
+    one whose pairs give no full batch per process is not trained (warned too)."""
     from support.cmcgns.train import ENCODER_DIR, pretrain
+    from support.core.trainer import TooFewItems
 
-    rows, histories = [], {}
+    rows, histories, skipped = [], {}, {}
     for source, records in sources.items():
         for method in methods:
             name = run_name(method, source)
             out = Path(models_dir) / name
             start = time.perf_counter()
-            history = pretrain(with_method(config, method), records, out, source=source,
-                               num_processes=num_processes)
+            try:
+                history = pretrain(with_method(config, method), records, out, source=source,
+                                   num_processes=num_processes)
+            except TooFewItems as e:   # the same pairs for every method: none of them can train
+                skipped[source] = str(e)
+                warnings.warn(f"CM-CGNS source {source!r} skipped: {e}", stacklevel=2)
+                break
             histories[name] = history
             first, last = history["stage1"], history[list(history)[-1]]
             row = {"method": method, "source": source, "pairs": first["n_pairs"], "sentences": first["n_sentences"],
@@ -94,7 +102,9 @@ def pretrain_grid(sources: Mapping[str, pd.DataFrame], methods: Sequence[str], c
                 if key.startswith("loss"):
                     row[f"{key} end"] = last[key][-1]
             rows.append(row)
-    return pd.DataFrame(rows), histories
+    if sources and not rows:
+        raise ValueError(f"CM-CGNS: every source is smaller than one batch: {skipped}")
+    return pd.DataFrame(rows), histories, skipped
 
 
 def loss_frame(histories: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:

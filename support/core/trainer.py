@@ -252,17 +252,27 @@ def checkpoint_to_resume(resume: str | None, checkpoint_root: str | os.PathLike)
     return None
 
 
+class TooFewItems(ValueError):
+    """A training set smaller than one full batch per process: there is nothing to train on. A
+    comparison over several sources names such a source and goes on with the others."""
+
+
+def check_full_batch(n_items: int, batch_size: int, world: int) -> None:
+    """Raise :class:`TooFewItems` unless ``n_items`` split over ``world`` processes (the remainder
+    dropped, as the sampler does) gives each at least one batch of ``batch_size``."""
+    if n_items // world < batch_size:
+        raise TooFewItems(f"training set: {n_items} items give no full batch of {batch_size} "
+                          f"per process over {world} process(es)")
+
+
 def epoch_sampler(dataset, world: int, rank: int, seed: int, batch_size: int):
     """(sampler, full batches per epoch per process): every rank sees its own shard in an order
     drawn from ``seed`` and the epoch; incomplete batches are dropped."""
     from torch.utils.data.distributed import DistributedSampler
 
+    check_full_batch(len(dataset), batch_size, world)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    batches = len(sampler) // batch_size
-    if batches == 0:
-        raise ValueError(f"training set: {len(dataset)} items give no full batch of {batch_size} "
-                         f"per process over {world} process(es)")
-    return sampler, batches
+    return sampler, len(sampler) // batch_size
 
 
 def epoch_indices(sampler, epoch: int, skip_batches: int, batch_size: int) -> list[int]:
@@ -641,11 +651,13 @@ def launch(task: Task, config, output_dir: str | os.PathLike, num_processes: int
     """
     if num_processes < 1:
         raise ValueError(f"num_processes {num_processes}: expected at least 1")
+    loop = _loop_config(config)
+    if task.train_set is not None:   # before any process starts, so the caller gets TooFewItems itself
+        check_full_batch(len(task.train_set), loop.batch_size, num_processes)
     if num_processes == 1:
         return fit(task, config, output_dir, on_update, progress)
     from accelerate import notebook_launcher
 
-    loop = _loop_config(config)
     notebook_launcher(fit, args=(task, config, str(output_dir), on_update, progress), num_processes=num_processes,
                       use_port=str(port or free_port()),
                       mixed_precision=resolve_mixed_precision(loop.mixed_precision, loop.cpu))
