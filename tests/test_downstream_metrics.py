@@ -5,6 +5,8 @@ The intervals are checked for what they claim to be: over many samples drawn fro
 whose value is known in closed form, a 95 % interval holds the true value about 95 % of the time.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -338,7 +340,9 @@ def test_dice_is_pooled_over_images_not_averaged():
                        "no mask in the test set", 5, "dice")
     # a single true pixel, missed: Dice 0, not undefined
     one = np.array([[0, 0, 1], [0, 0, 0], [0, 0, 0]], dtype=float)
-    missed = dice_row(one, n_boot=50, seed=0, confidence=0.95, min_test=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # resamples of empty images only: undefined, by the guard, not 0/0
+        missed = dice_row(one, n_boot=50, seed=0, confidence=0.95, min_test=3)
     assert missed["value"] == 0.0 and missed["reason"] == "" and (missed["ci_low"], missed["ci_high"]) == (0.0, 0.0)
 
 
@@ -377,6 +381,15 @@ def test_map_row_by_value_and_its_guards():
     assert (r["ci_low"], r["ci_high"]) == bootstrap_ci(resampled, 6, 20, 3, 0.8)
     assert 5 / 8 < r["value"] < 1.0
     assert 5 / 8 - 1e-9 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1.0 + 1e-9 and r["ci_low"] < r["ci_high"]
+    # IoU 1, 0.9, ... 0.5: every resample scores differently, so the interval is the seed's draw
+    graded = [_box(0, 0, 10, h, score=0.9) for h in (10, 9, 8, 7, 6.2, 5)]
+
+    def graded_map(idx):
+        return mean_average_precision([graded[i] for i in idx], [targets[i] for i in idx])
+
+    g = map_row(graded, targets, n_boot=20, seed=3, confidence=0.8, min_test=6)
+    assert (g["ci_low"], g["ci_high"]) == bootstrap_ci(graded_map, 6, 20, 3, 0.8) != bootstrap_ci(graded_map, 6, 20,
+                                                                                                  4, 0.8)
     r50 = map_row(predictions, targets, n_boot=5, seed=0, confidence=0.95, min_test=6, iou_thresholds=(0.5, 0.6))
     assert r50["metric"] == "map@0.50:0.60" and r50["value"] == pytest.approx(1.0)
     assert _is_nan_row(map_row(predictions, targets, n_boot=5, seed=0, confidence=0.95, min_test=7),
