@@ -1,5 +1,7 @@
 """Train on synthetic, test on real: stratified label fractions, four regimes, bootstrap CIs."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +116,35 @@ def test_a_synthetic_set_without_a_positive_label_is_refused_by_name():
     with pytest.raises(ValueError, match=r"utility: ddpm .*no positive label.*notebook 07"):
         utility_study(real, unconditional, real, config, real_train_labels=np.stack(real.labels),
                       synthetic_name="ddpm")
+
+
+def test_several_sets_share_one_real_regime_and_each_is_named():
+    from support.eval.utility import choose_utility_sets, utility_studies
+
+    assert choose_utility_sets(["t2i", "xgem", "rare"]) == ["t2i"]             # the default: the first one
+    assert choose_utility_sets(["t2i", "xgem", "rare"], ["rare", "xgem"]) == ["rare", "xgem"]
+    assert choose_utility_sets(["t2i", "xgem"], ["all"]) == ["t2i", "xgem"]
+    with pytest.raises(ValueError, match=r"utility_sets: \['ddpm'\] are not sets with requested finding labels"):
+        choose_utility_sets(["t2i", "xgem"], ["xgem", "ddpm"])
+
+    real, test = FindingsDataset(48, seed=51), FindingsDataset(40, seed=53, hide=0.0)
+    sets = {"sharp": FindingsDataset(32, seed=54), "blurred": FindingsDataset(32, seed=55, blur=0.8)}
+    classifier = ReferenceEncoderConfig(width=8, blocks=(1,), image_size=16, epochs=1, batch_size=16, device="cpu")
+    config = UtilityConfig(classifier=classifier, regimes=("real", "synthetic"), fractions=(1.0,), min_steps=4,
+                           n_boot=20, min_test=5)
+    labels = np.stack(real.labels)
+    table = utility_studies(real, sets, test, config, real_train_labels=labels)
+    assert table.groupby("regime")["set"].agg(lambda s: sorted(set(s))).to_dict() == {
+        "real": [""], "synthetic": ["blurred", "sharp"]}
+    n_findings = table["finding"].nunique()
+    assert len(table) == 3 * n_findings                                     # real once, not once per set
+    alone = utility_study(real, None, test, dataclasses.replace(config, regimes=("real",)), real_train_labels=labels)
+    assert np.allclose(table[table["regime"] == "real"]["auroc"], alone["auroc"], equal_nan=True)
+    sharp = utility_study(real, sets["sharp"], test, dataclasses.replace(config, regimes=("synthetic",)),
+                          real_train_labels=labels)
+    assert np.allclose(table[table["set"] == "sharp"]["auroc"], sharp["auroc"], equal_nan=True)
+    from support.eval.plots import plot_utility_curves
+
+    figure = plot_utility_curves(table)
+    drawn = {label for ax in figure.axes for label in ax.get_legend_handles_labels()[1]}
+    assert {"real", "synthetic · sharp", "synthetic · blurred"} <= drawn

@@ -119,6 +119,11 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     name = t2i_root.name
     assert f"{name}.fd" in evaluation and f"{name}.cond_auroc_mean" in evaluation
     assert "xgem-t2fl.fd" in evaluation and "xgem-t2fl.cond_auroc_mean" in evaluation
+    # 06's utility study: by default the first labelled set, the real regime once beside it
+    [studied] = evaluation["utility_sets"]
+    assert {"real@1.0", f"{studied}|synthetic@1.0", f"{studied}|synthetic->real@0.5"} <= set(
+        evaluation["utility_mean_auroc"])
+    assert all(0 <= v <= 1 for v in evaluation["utility_mean_auroc"].values() if np.isfinite(v))
     # 05 cleaned the generated set beside itself, which 06 judged too, with the labels it was asked for
     cleanup = json.loads((root / "metrics" / "05_cleanup.json").read_text())
     assert cleanup["cleaned_sets"][name]["images"] == 6 and cleanup["cleaned_sets"][name]["skipped"] == 0

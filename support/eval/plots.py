@@ -73,7 +73,8 @@ def plot_finding_auroc(table, group_column: str | None = None, title: str = "per
 
 def plot_utility_curves(table, findings: Sequence[str] | None = None, ncols: int = 3):
     """AUROC against the fraction of real labels (log scale), one line per regime with its 95 %
-    band, one panel per finding. ``table``: the DataFrame of ``utility_study``."""
+    band, one panel per finding. ``table``: the DataFrame of ``utility_study``, or of
+    ``utility_studies`` (each synthetic regime then named with its set when there are several)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -81,6 +82,8 @@ def plot_utility_curves(table, findings: Sequence[str] | None = None, ncols: int
     table = table[np.isfinite(table["auroc"].to_numpy(dtype=float))]  # findings absent from the test split
     if table.empty:
         raise ValueError("plot_utility_curves: no finite AUROC to plot (no finding has both classes in the test split)")
+    if "set" in table and table["set"].replace("", np.nan).nunique() > 1:   # several sets: each line names its set
+        table = table.assign(regime=[f"{r} · {s}" if s else r for r, s in zip(table["regime"], table["set"])])
     findings = [f for f in (findings or dict.fromkeys(table["finding"])) if f in set(table["finding"])]
     x_all = table["fraction"].to_numpy(dtype=float) * 100
     regimes = list(dict.fromkeys(table["regime"]))

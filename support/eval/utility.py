@@ -34,7 +34,8 @@ from support.downstream.data import LabelledImages
 
 from .reference_encoder import ReferenceEncoderConfig, dataset_labels
 
-__all__ = ["REGIMES", "UtilityConfig", "bootstrap_auroc", "stratified_subset", "utility_study"]
+__all__ = ["REGIMES", "UtilityConfig", "bootstrap_auroc", "choose_utility_sets", "stratified_subset", "utility_studies",
+           "utility_study"]
 
 REGIMES: tuple[str, ...] = ("real", "synthetic", "real+synthetic", "synthetic->real")
 
@@ -166,3 +167,40 @@ def utility_study(real_train, synthetic, real_test, config: UtilityConfig | None
                                init=synthetic_state, lr=base.lr * config.finetune_lr_scale)
                 score(model, regime, fraction, n_real, n_synth)
     return pd.DataFrame(rows)
+
+
+def choose_utility_sets(labelled: Iterable[str], wanted: Iterable[str] = ()) -> list[str]:
+    """The sets the utility study trains on: ``wanted`` (each must be a labelled set, else an error
+    naming it; ``["all"]``: every labelled set), or the first labelled set when ``wanted`` is empty
+    (each set adds three regimes of training, the slowest part of 06)."""
+    labelled, wanted = list(labelled), list(wanted)
+    if wanted == ["all"]:
+        return labelled
+    unknown = [w for w in wanted if w not in labelled]
+    if unknown:
+        raise ValueError(f"utility_sets: {unknown} are not sets with requested finding labels; "
+                         f"expected some of {labelled}")
+    return wanted or labelled[:1]
+
+
+def utility_studies(real_train, synthetic: dict, real_test, config: UtilityConfig | None = None,
+                    real_train_labels: np.ndarray | None = None, groups=None):
+    """:func:`utility_study` of several synthetic sets (name -> dataset) on the same real splits: the
+    ``real`` regime trained once (it does not depend on the set), each set's regimes after it. The
+    table gains a ``set`` column, empty on the ``real`` rows."""
+    import pandas as pd
+
+    config = config or UtilityConfig()
+    if not synthetic:
+        raise ValueError("utility_studies: no synthetic set")
+    tables, real_done = [], False
+    for name, data in synthetic.items():
+        regimes = tuple(r for r in config.regimes if r != "real" or not real_done)
+        if not regimes:
+            break
+        table = utility_study(real_train, data, real_test, dataclasses.replace(config, regimes=regimes),
+                              real_train_labels=real_train_labels, groups=groups, synthetic_name=name)
+        table.insert(0, "set", np.where(table["regime"] == "real", "", name) if len(table) else [])
+        tables.append(table)
+        real_done = True
+    return pd.concat(tables, ignore_index=True)
