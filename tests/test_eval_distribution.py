@@ -289,3 +289,15 @@ def test_prdc_on_the_boundary_of_a_ball_with_k_2():
         precision_recall_density_coverage(np.r_[real, real], fake[:3], k=3)
     # k = n - 1 is allowed: synthetic radii 3, 2, 2, 3 reach real 3 and real 2 (exactly 3 from synthetic 5)
     assert precision_recall_density_coverage(real, fake, k=3)["recall"] == 0.5
+
+
+def test_the_ssim_window_is_the_width_asked_for():
+    from support.eval.diversity import gaussian_window
+
+    for k in range(3, 44, 2):          # torchmetrics' Gaussian is 2 int(3.5 sigma + 0.5) + 1 pixels wide
+        sigma = gaussian_window(k)["sigma"]
+        assert 2 * int(3.5 * sigma + 0.5) + 1 == k
+    assert gaussian_window(11)["sigma"] == 1.5
+    for bad in (4, 45):
+        with pytest.raises(ValueError, match=f"SSIM window {bad}"):
+            gaussian_window(bad)

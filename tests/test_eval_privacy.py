@@ -239,6 +239,35 @@ def test_ssim_pairs_is_one_for_copies_and_pairs_images_in_order():
     assert got.shape == (515,) and got[:-1] == pytest.approx(1.0, abs=1e-5) and got[-1] < 0.2
 
 
+def _ssim_by_hand(a: np.ndarray, b: np.ndarray, size: int = 7, sigma: float = 1.5) -> float:
+    """SSIM of two images in [0, 1] (data range 1): a Gaussian window of ``size`` pixels around every
+    pixel (the image mirrored at its edges), averaged."""
+    from scipy.signal import convolve2d
+
+    g = np.exp(-((np.arange(size) - size // 2) ** 2) / (2 * sigma ** 2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+
+    def mean(x):
+        return convolve2d(np.pad(x, size // 2, mode="reflect"), w, mode="valid")
+
+    mu_a, mu_b = mean(a), mean(b)
+    var_a, var_b, cov = mean(a * a) - mu_a ** 2, mean(b * b) - mu_b ** 2, mean(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    return float((((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))).mean())
+
+
+def test_ssim_pairs_is_the_published_ssim_at_data_range_1_and_its_window():
+    a = _patterns(2, 24, seed=4)
+    b = np.stack([np.clip(0.7 * a[0] + 0.2, 0, 1), _patterns(1, 24, seed=5)[0]])
+    for k in (7, 11):   # the window asked for (torchmetrics sizes its Gaussian from sigma alone)
+        got = privacy.ssim_pairs(a, b, kernel_size=k)
+        assert got == pytest.approx([_ssim_by_hand(a[i], b[i], k, 1.5 * k / 11) for i in range(2)], abs=1e-5), k
+    assert not np.allclose(privacy.ssim_pairs(a, b, kernel_size=7), privacy.ssim_pairs(a, b, kernel_size=11))
+    # flat images: the luminance term alone, (2 m1 m2 + C1) / (m1^2 + m2^2 + C1) with C1 = (0.01 x range)^2
+    flat = privacy.ssim_pairs(np.full((1, 16, 16), 0.02), np.full((1, 16, 16), 0.01))
+    assert flat[0] == pytest.approx((2 * 0.02 * 0.01 + 1e-4) / (0.02 ** 2 + 0.01 ** 2 + 1e-4), rel=1e-4)
+
+
 def _hand_audit_setting():
     """Four training images and features; synthetic images flagged in both spaces, one, or neither."""
     e = np.eye(3)

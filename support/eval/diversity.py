@@ -18,6 +18,17 @@ from .images import as_image_set
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
+def gaussian_window(kernel_size: int) -> dict:
+    """torchmetrics' SSIM arguments for a Gaussian window ``kernel_size`` pixels wide. With its
+    Gaussian window torchmetrics ignores ``kernel_size`` and sizes the window from ``sigma``
+    (2 int(3.5 sigma + 0.5) + 1 pixels), so sigma is scaled with the window: 1.5 at 11 pixels, the
+    standard SSIM window (Wang et al. 2004)."""
+    sigma = 1.5 * kernel_size / 11
+    if kernel_size % 2 == 0 or 2 * int(3.5 * sigma + 0.5) + 1 != kernel_size:
+        raise ValueError(f"SSIM window {kernel_size}: expected an odd size from 3 to 43")
+    return {"kernel_size": kernel_size, "sigma": sigma}
+
+
 def ms_ssim_settings(size: int, kernel_size: int = 11) -> tuple[int, tuple[float, ...]]:
     """Kernel size and scale weights that fit a ``size``-pixel image.
 
@@ -42,7 +53,7 @@ def ms_ssim_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     kernel, betas = ms_ssim_settings(min(a.shape[-2:]))
     return multiscale_structural_similarity_index_measure(
-        a.float(), b.float(), kernel_size=kernel, betas=betas, data_range=1.0, reduction="none")
+        a.float(), b.float(), **gaussian_window(kernel), betas=betas, data_range=1.0, reduction="none")
 
 
 def ms_ssim_diversity(images: Any, n_pairs: int = 500, seed: int = 0, size: int | None = None,

@@ -73,14 +73,17 @@ def downsample_set(images: Any, size: int, name: str = "images", batch_size: int
 
 
 def ssim_pairs(a: np.ndarray, b: np.ndarray, kernel_size: int = 7) -> np.ndarray:
-    """SSIM of each pair (a[i], b[i]) of images (N, H, W) in [0, 1] -> (N,)."""
+    """SSIM of each pair (a[i], b[i]) of images (N, H, W) in [0, 1] -> (N,), with a Gaussian window
+    ``kernel_size`` pixels wide."""
     from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from support.eval.diversity import gaussian_window
 
     if len(a) == 0:
         return np.zeros(0)
     ta = torch.as_tensor(np.asarray(a), dtype=torch.float32).unsqueeze(1)
     tb = torch.as_tensor(np.asarray(b), dtype=torch.float32).unsqueeze(1)
-    out = [structural_similarity_index_measure(ta[i:i + 512], tb[i:i + 512], kernel_size=kernel_size,
+    out = [structural_similarity_index_measure(ta[i:i + 512], tb[i:i + 512], **gaussian_window(kernel_size),
                                                data_range=1.0, reduction="none")
            for i in range(0, len(ta), 512)]
     return torch.cat(out).double().numpy()
