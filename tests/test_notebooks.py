@@ -88,6 +88,14 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
         assert np.isnan(row["agreement"]) or 0 <= row["agreement"] <= 1
     assert {"joint", "independent"} <= {c["generation"] for c in xgem["consistency"]}
     assert len(xgem["multi_vs_single_prompt"]) == sum("+" not in d.split("->")[1] for d in DIRECTIONS)
+    # the conditioning effect of every output, and Multi-Prompt minus single-prompt, each with its interval
+    effect = pd.DataFrame(xgem["conditioning_effect"])
+    assert len(effect) == len(scores) and (effect["studies"] == scores["studies"].to_numpy()).all()
+    finite = effect[effect["difference"].notna()]
+    assert len(finite) and ((finite["ci_low"] <= finite["difference"]) & (finite["difference"] <= finite["ci_high"])).all()
+    differences = pd.DataFrame(xgem["multi_minus_single"])
+    one_output = [d for d in DIRECTIONS if "+" not in d.split("->")[1]]
+    assert set(differences["direction"]) == set(one_output) and set(differences["measure"]) == {"agreement", "fd"}
     assert (Path(xgem["model"]) / "joint" / "joint.safetensors").is_file()
     # 02: the DDPM trained its updates, and its samples are nearer the real images than an untrained net's
     ddpm = json.loads((root / "metrics" / "02_ddpm.json").read_text())

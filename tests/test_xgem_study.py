@@ -76,3 +76,45 @@ def test_the_ablation_table_pairs_outputs_of_the_same_direction():
     table = study.ablation_table(multi, single).set_index("direction")
     assert table.loc["F->L", "agreement multi"] == 0.7 and table.loc["F->L", "agreement single"] == 0.5
     assert list(table.columns[:2]) == ["output", "agreement multi"]
+
+
+def _scored(matches, unmatched, features=None):
+    import numpy as np
+
+    return {"rows": list(range(len(matches))),
+            "per_study": {"lateral": {"matches": np.asarray(matches, float), "unmatched": np.asarray(unmatched, float),
+                                      "features": features}}}
+
+
+def test_the_conditioning_effect_is_own_minus_other_truth_with_a_paired_interval():
+    import numpy as np
+
+    follows = _scored([[13, 13]] * 20, [[9, 13]] * 20)            # right on every known finding; 9/13 by chance
+    ignores = _scored([[10, 13], [9, 13]] * 10, [[9, 13], [10, 13]] * 10)
+    few = _scored([[13, 13]] * 3, [[9, 13]] * 3)
+    table = study.conditioning_effect({"F->L": follows, "T->L": ignores, "L+T->F": few}, n_boot=200).set_index(
+        "direction")
+    assert table.loc["F->L", "difference"] == pytest.approx(4 / 13) and table.loc["F->L", "excludes 0"]
+    assert table.loc["T->L", "difference"] == 0.0 and not table.loc["T->L", "excludes 0"]
+    assert table.loc["T->L", "ci_low"] < 0 < table.loc["T->L", "ci_high"]
+    assert np.isnan(table.loc["L+T->F", "difference"]) and table.loc["L+T->F", "note"].startswith("too few samples")
+
+
+def test_ablation_differences_pair_the_same_studies_for_agreement_and_frechet_distance():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    real = {"lateral": rng.normal(0, 1, (80, 4))}
+    multi = {"F->L": _scored([[12, 13]] * 12, [[9, 13]] * 12, rng.normal(0, 1, (12, 4)))}
+    single = {"F->L": _scored([[8, 13]] * 12, [[9, 13]] * 12, rng.normal(3, 1, (12, 4))),
+              "T->L": _scored([[8, 13]] * 12, [[9, 13]] * 12)}          # not in multi: not compared
+    table = study.ablation_differences(multi, single, real, n_boot=100).set_index("measure")
+    assert list(table.index) == ["agreement", "fd"] and (table["direction"] == "F->L").all()
+    assert table.loc["agreement", "difference"] == pytest.approx(4 / 13) and table.loc["agreement", "excludes 0"]
+    assert table.loc["fd", "difference"] < 0 and table.loc["fd", "ci_high"] < 0      # Multi-Prompt's nearer
+    # equal models (as after a few updates from one start): a difference of float rounding is no effect
+    same = study.ablation_differences(multi, {"F->L": {**multi["F->L"]}}, real, n_boot=20)
+    assert not same["excludes 0"].any() and same["difference"].abs().max() < 1e-9
+    short = {"F->L": _scored([[8, 13]] * 11, [[9, 13]] * 11, rng.normal(3, 1, (11, 4)))}
+    with pytest.raises(ValueError, match="12 studies multi-prompt, 11 single"):
+        study.ablation_differences(multi, short, real)

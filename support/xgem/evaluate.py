@@ -136,3 +136,47 @@ def pair_consistency(frontal_stated: np.ndarray, lateral_stated: np.ndarray, fro
     matched = float(np.trace(cos) / n)
     mismatched = float((cos.sum() - np.trace(cos)) / (n * n - n))
     return {"n": n, "agreement": agreement, "similarity": matched - mismatched, "reason": ""}
+
+
+# ------------------------------------------------------------------------------ paired differences
+def study_matches(stated: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(N, 2) per study: its known findings the output states rightly, and its known findings.
+    Summed over any set of studies they give :func:`finding_agreement`'s pooled agreement."""
+    stated, truth = np.asarray(stated, dtype=bool), np.asarray(truth, dtype=np.float64)
+    if stated.shape != truth.shape:
+        raise ValueError(f"stated findings {stated.shape} and truth {truth.shape} differ in shape")
+    known = ~np.isnan(truth)
+    return np.stack([((stated == (truth == 1)) & known).sum(1), known.sum(1)], axis=1).astype(np.float64)
+
+
+def pooled_agreement(matches: np.ndarray, idx: np.ndarray | None = None) -> float:
+    """Agreement of the studies ``idx`` (all by default) from :func:`study_matches` counts."""
+    m = np.asarray(matches, dtype=np.float64)
+    m = m if idx is None else m[idx]
+    return float(m[:, 0].sum() / m[:, 1].sum()) if m[:, 1].sum() else math.nan
+
+
+def paired_difference(statistic_a, statistic_b, n: int, n_boot: int = 1000, seed: int = 0,
+                      confidence: float = 0.95) -> dict:
+    """``statistic_a - statistic_b`` over the same ``n`` studies (each a function of study indices),
+    with a percentile bootstrap interval that resamples studies for both at once (the pairing is
+    kept: the same conditions and seeds on both sides). "too few samples" below MIN_STUDIES."""
+    from support.downstream.metrics import bootstrap_ci
+
+    reason = too_few(n)
+    if reason:
+        return {"n": n, "difference": math.nan, "ci_low": math.nan, "ci_high": math.nan, "reason": reason}
+    everything = np.arange(n)
+    low, high = bootstrap_ci(lambda idx: statistic_a(idx) - statistic_b(idx), n, n_boot, seed, confidence)
+    return {"n": n, "difference": statistic_a(everything) - statistic_b(everything), "ci_low": low, "ci_high": high,
+            "reason": ""}
+
+
+def frechet_of(real_features: np.ndarray, generated_features: np.ndarray):
+    """The Fréchet distance of the generated rows ``idx`` to the fixed real set, as a statistic of
+    study indices for :func:`paired_difference`."""
+    from support.eval.distribution import frechet_distance_from_stats, gaussian_stats
+
+    real = gaussian_stats(real_features)
+    generated = np.asarray(generated_features, dtype=np.float64)
+    return lambda idx: float(frechet_distance_from_stats(*real, *gaussian_stats(generated[idx])))

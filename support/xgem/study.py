@@ -22,8 +22,9 @@ import torch
 
 from support.xgem.config import XGeMConfig, xgem_config
 from support.xgem.data import Studies
-from support.xgem.evaluate import (finding_agreement, frechet, image_findings, pair_consistency, report_findings,
-                                   report_scores, too_few, truth_matrix)
+from support.xgem.evaluate import (finding_agreement, frechet, frechet_of, image_findings, pair_consistency,
+                                   paired_difference, pooled_agreement, report_findings, report_scores, study_matches,
+                                   too_few, truth_matrix)
 from support.xgem.generate import DIRECTIONS, generate, parse_direction
 
 LOCAL = {"vae_path": ("image_vae", "vae_path"), "clip_path": ("contrastive", "clip_path"),
@@ -157,24 +158,32 @@ def make_judges(references: Mapping[str, Any], studies: Studies) -> Judges:
 
 
 def score_direction(direction: str, rows: Sequence[int], outputs: Mapping[str, Any], studies: Studies,
-                    judges: Judges) -> list[dict]:
+                    judges: Judges, per_study: dict | None = None) -> list[dict]:
     """One row per output of ``direction``: Fréchet distance (images), BLEU/ROUGE-L (reports), and
-    finding agreement with the conditioning studies' truth."""
+    finding agreement with the conditioning studies' truth. ``per_study``, when given, receives for
+    each output the per-study counts (matched and unmatched truth) and image features that paired
+    bootstrap intervals resample."""
     truth = truth_matrix(studies.records.iloc[list(rows)])
     result = []
     for m, out in outputs.items():
         row = {"direction": direction, "output": m, "studies": len(rows)}
+        features = judges.features(m, out) if m != "report" and len(rows) else None
         if len(rows):
             stated = judges.stated(m, out)
             agreement = finding_agreement(stated, truth)
             # the same outputs against other studies' truth (what an output unrelated to its study
             # scores), and the real image or report of each study read by the same judge (the ceiling)
             unmatched = finding_agreement(stated, np.roll(truth, 1, axis=0))
+            if per_study is not None:
+                per_study[m] = {"matches": study_matches(stated, truth), "features": features,
+                                "unmatched": study_matches(stated, np.roll(truth, 1, axis=0))}
             real = [studies.records["report"].iat[i] for i in rows] if m == "report" else \
                 torch.stack([studies[i][m] for i in rows])
             ceiling = finding_agreement(judges.stated(m, real), truth)
         else:
             agreement = unmatched = ceiling = {"agreement": math.nan, "f1": math.nan, "reason": too_few(0)}
+            if per_study is not None:
+                per_study[m] = {"matches": np.zeros((0, 2)), "unmatched": np.zeros((0, 2)), "features": None}
         row.update({"agreement": agreement["agreement"], "agreement unmatched": unmatched["agreement"],
                     "agreement real": ceiling["agreement"], "f1": agreement["f1"], "f1 real": ceiling["f1"]})
         if m == "report":
@@ -182,7 +191,7 @@ def score_direction(direction: str, rows: Sequence[int], outputs: Mapping[str, A
             row.update({k: scores[k] for k in ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL")})
             reason = scores["reason"]
         else:
-            fd = frechet(judges.real_features[m], judges.features(m, out)) if len(rows) else \
+            fd = frechet(judges.real_features[m], features) if len(rows) else \
                 {"fd": math.nan, "reason": too_few(0, "images")}
             row["fd"] = fd["fd"]
             reason = fd["reason"]
@@ -209,14 +218,15 @@ def consistency(pair: tuple[str, str], outputs: Mapping[str, Any], judges: Judge
 def evaluate_directions(models, studies: Studies, judges: Judges, directions: Sequence[str] = DIRECTIONS,
                         n: int = 16, batch_size: int = 8, seed: int = 0, joint: bool = True,
                         progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict]]:
-    """(per-output scores, pair consistency, the outputs of each direction) on up to ``n`` studies each."""
+    """(per-output scores, pair consistency, the outputs of each direction with their per-study
+    scores) on up to ``n`` studies each."""
     from tqdm.auto import tqdm
 
     rows, pairs, examples = [], [], {}
     for direction in tqdm(list(directions), desc="directions", unit="direction", disable=None if progress else True):
         chosen, outputs = generate_for(models, studies, direction, n, batch_size, seed, joint)
-        examples[direction] = {"rows": chosen, **outputs}
-        rows += score_direction(direction, chosen, outputs, studies, judges)
+        examples[direction] = {"rows": chosen, **outputs, "per_study": {}}
+        rows += score_direction(direction, chosen, outputs, studies, judges, examples[direction]["per_study"])
         if len(outputs) == 2:
             pair = tuple(outputs)
             pairs.append({"direction": direction, "generation": "joint" if joint else "independent",
@@ -236,6 +246,62 @@ def ablation_table(multi: pd.DataFrame, single: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in ("agreement", "agreement unmatched", "f1", "fd", "bleu4", "rougeL") if c in multi.columns]
     merged = multi[keys + cols].merge(single[keys + cols], on=keys, suffixes=(" multi", " single"))
     return merged
+
+
+def _difference_row(direction: str, output: str, measure: str, result: dict) -> dict:
+    return {"direction": direction, "output": output, "measure": measure, "studies": result["n"],
+            "difference": result["difference"], "ci_low": result["ci_low"], "ci_high": result["ci_high"],
+            "excludes 0": bool(result["ci_low"] > _ROUNDING or result["ci_high"] < -_ROUNDING),
+            "note": result["reason"]}
+
+
+_ROUNDING = 1e-9   # an interval this close to 0 is float rounding of two equal measures, not an effect
+
+
+def conditioning_effect(examples: Mapping[str, Mapping], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Does each output follow its conditions? Agreement with its own study's truth minus agreement
+    with another study's (the same outputs, so only the conditioning differs), with a paired 95 %
+    bootstrap interval over studies. An interval above 0 is conditioning the judges can see."""
+    rows = []
+    for direction, ex in examples.items():
+        for output, scored in ex.get("per_study", {}).items():
+            own, other = scored["matches"], scored["unmatched"]
+            result = paired_difference(lambda i: pooled_agreement(own, i), lambda i: pooled_agreement(other, i),
+                                       len(own), n_boot, seed)
+            rows.append(_difference_row(direction, output, "agreement - unmatched", result))
+    return pd.DataFrame(rows, columns=_DIFFERENCE_COLUMNS)
+
+
+def ablation_differences(multi: Mapping[str, Mapping], single: Mapping[str, Mapping], real_features: Mapping,
+                         n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Multi-Prompt minus single-prompt, direction by direction, on the same studies and seeds:
+    finding agreement (above 0: Multi-Prompt follows the conditions better) and, for images, the
+    Fréchet distance to the real view (below 0: Multi-Prompt closer), each with a paired bootstrap
+    interval over studies. ``multi``/``single``: the examples of :func:`evaluate_directions`."""
+    rows = []
+    for direction in multi:
+        if direction not in single:
+            continue
+        for output, a in multi[direction].get("per_study", {}).items():
+            b = single[direction].get("per_study", {}).get(output)
+            if b is None:
+                continue
+            n = len(a["matches"])
+            if len(b["matches"]) != n:
+                raise ValueError(f"{direction} -> {output}: {n} studies multi-prompt, {len(b['matches'])} single: "
+                                 "the ablation compares the same studies")
+            agreement = paired_difference(lambda i: pooled_agreement(a["matches"], i),
+                                          lambda i: pooled_agreement(b["matches"], i), n, n_boot, seed)
+            rows.append(_difference_row(direction, output, "agreement", agreement))
+            if a["features"] is not None:
+                fd = paired_difference(frechet_of(real_features[output], a["features"]),
+                                       frechet_of(real_features[output], b["features"]), n, n_boot, seed)
+                rows.append(_difference_row(direction, output, "fd", fd))
+    return pd.DataFrame(rows, columns=_DIFFERENCE_COLUMNS)
+
+
+_DIFFERENCE_COLUMNS = ["direction", "output", "measure", "studies", "difference", "ci_low", "ci_high", "excludes 0",
+                       "note"]
 
 
 def example_figure(examples: Mapping[str, Mapping], studies: Studies, directions: Sequence[str], per_row: int = 2):
