@@ -55,6 +55,8 @@ def test_real_images_are_the_held_out_frontal_ones(tmp_path):
         real_images(records, size=8, split="validate")
     with pytest.raises(ValueError, match="only 1 test images"):
         real_images(records[(records["split"] == "train") | (records["image_id"] == "test-PA-0")], size=8)
+    two = records[(records["split"] == "train") | records["image_id"].isin(["test-PA-0", "test-PA-1"])]
+    assert real_images(two, size=8).shape[0] == 2                 # two are enough for a distance
 
 
 def test_each_setting_samples_its_seeds_and_scores_them(tiny):
@@ -62,13 +64,13 @@ def test_each_setting_samples_its_seeds_and_scores_them(tiny):
     torch.manual_seed(1)
     real = torch.rand(6, 1, 16, 16)
     table, images = compare_samplers(unet, scheduler_config, [("ddim", 2), ("ddpm", 3)], real, n=3,
-                                     batch_size=2, seed=5)
+                                     batch_size=2, seed=5, fd_size=8)
     assert list(table["sampler"]) == ["ddim", "ddpm"] and list(table["steps"]) == [2, 3]
     assert list(table["n"]) == [3, 3] and set(images) == {("ddim", 2), ("ddpm", 3)}
     for (sampler, steps), x in images.items():
         assert x.shape == (3, 1, 16, 16)
         row = table[(table["sampler"] == sampler) & (table["steps"] == steps)].iloc[0]
-        assert row["pixel_fd"] == pytest.approx(pixel_frechet(x, real, size=16))
+        assert row["pixel_fd"] == pytest.approx(pixel_frechet(x, real, size=8))        # at the size asked for
         assert row["images_per_s"] == pytest.approx(3 / row["seconds"], rel=0.01)
         # seeds seed..seed+n-1, one image per seed whatever the batching
         alone, _ = generate(unet, scheduler_config, sampler, steps, [6], batch_size=1)
@@ -85,3 +87,7 @@ def test_untrained_floor_has_the_same_shape_and_fresh_weights(tiny):
     p, q, r, u = (torch.cat([t.flatten() for t in m.parameters()]) for m in (fresh, again, other, unet))
     assert p.numel() == u.numel() and torch.equal(p, q)        # seeded
     assert not torch.equal(p, r) and not torch.equal(p, u)     # new weights, not the trained ones
+    import copy
+
+    elsewhere = copy.deepcopy(unet).to("meta")                # on the network's own device (no GPU needed)
+    assert next(untrained_unet(elsewhere).parameters()).device.type == "meta"
