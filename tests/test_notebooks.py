@@ -89,13 +89,16 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     assert {"joint", "independent"} <= {c["generation"] for c in xgem["consistency"]}
     assert len(xgem["multi_vs_single_prompt"]) == sum("+" not in d.split("->")[1] for d in DIRECTIONS)
     # the conditioning effect of every output, and Multi-Prompt minus single-prompt, each with its interval
+    assert all(np.isnan(v) or 0 <= v <= 1 for c in ("auroc", "auroc unmatched", "auroc real") for v in scores[c])
     effect = pd.DataFrame(xgem["conditioning_effect"])
-    assert len(effect) == len(scores) and (effect["studies"] == scores["studies"].to_numpy()).all()
+    assert len(effect) == 2 * len(scores) and set(effect["measure"]) == {"auroc - unmatched", "agreement - unmatched"}
     finite = effect[effect["difference"].notna()]
     assert len(finite) and ((finite["ci_low"] <= finite["difference"]) & (finite["difference"] <= finite["ci_high"])).all()
+    assert effect.loc[effect["difference"].isna(), "note"].str.startswith("too few samples").all()
     differences = pd.DataFrame(xgem["multi_minus_single"])
     one_output = [d for d in DIRECTIONS if "+" not in d.split("->")[1]]
-    assert set(differences["direction"]) == set(one_output) and set(differences["measure"]) == {"agreement", "fd"}
+    assert set(differences["direction"]) == set(one_output)
+    assert set(differences["measure"]) == {"auroc", "agreement", "fd"}
     assert (Path(xgem["model"]) / "joint" / "joint.safetensors").is_file()
     # 02: the DDPM trained its updates, and its samples are nearer the real images than an untrained net's
     ddpm = json.loads((root / "metrics" / "02_ddpm.json").read_text())

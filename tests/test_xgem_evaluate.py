@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from support.xgem.evaluate import (FINDINGS, MIN_STUDIES, finding_agreement, frechet, frechet_of, image_findings,
-                                   pair_consistency, paired_difference, pooled_agreement, report_findings,
-                                   report_scores, study_matches, truth_matrix)
+from support.xgem.evaluate import (FINDINGS, MIN_STUDIES, auroc_over, finding_agreement, finding_auroc, frechet,
+                                   frechet_of, image_findings, image_scores, pair_consistency, paired_difference,
+                                   pooled_agreement, report_findings, report_scores, study_matches, truth_matrix)
 
 
 def test_truth_is_present_absent_or_unknown():
@@ -119,3 +119,28 @@ def test_the_frechet_statistic_of_all_studies_is_the_frechet_distance():
     statistic = frechet_of(real, generated)
     assert statistic(np.arange(20)) == pytest.approx(frechet(real, generated)["fd"])
     assert statistic(np.arange(10)) == pytest.approx(frechet(real, generated[:10])["fd"])
+
+
+def test_finding_auroc_ranks_by_the_reading_on_findings_with_five_studies_of_each_class():
+    names = ["A", "B", "C", "D"]
+    truth = np.zeros((12, 4))
+    truth[:6, 0] = 1                   # A: 6 present, 6 absent
+    truth[:4, 1] = 1                   # B: 4 present: too few to rank
+    truth[6:, 2] = 1                   # C: 6 and 6, but the judge does not read it
+    truth[:6, 3], truth[6, 3] = 1, np.nan   # D: 6 and 5 known, one uncertain
+    scores = np.zeros((12, 4))
+    scores[:, 0] = np.r_[[0.9] * 5 + [0.2], [0.1] * 5 + [0.3]]      # one positive ranked below one negative
+    scores[:, 2] = np.nan
+    scores[:, 3] = [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]             # a report: stated or not
+    out = finding_auroc(scores, truth, names)
+    assert out["findings"] == ["A", "D"] and out["reason"] == ""
+    auroc_a = (36 - 1) / 36
+    auroc_d = (3 / 6 + 5 / 5) / 2                                   # binary: mean of sensitivity and specificity
+    assert out["auroc"] == pytest.approx((auroc_a + auroc_d) / 2)
+    # a resample: the same findings, scored on its studies; one holding a single class scores nothing
+    assert math.isnan(auroc_over(scores, truth, [0])(np.arange(6)))
+    assert auroc_over(scores, truth, [0, 3])(np.r_[0:6, 7:12]) == pytest.approx((29 / 30 + 0.75) / 2)
+    none = finding_auroc(scores[:8], truth[:8], names)
+    assert math.isnan(none["auroc"]) and none["reason"].startswith("too few samples")
+    np.testing.assert_array_equal(image_scores(np.array([[0.2, 0.7]]), ["B", "A"], names),
+                                  [[0.7, 0.2, np.nan, np.nan]])

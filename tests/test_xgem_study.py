@@ -78,43 +78,71 @@ def test_the_ablation_table_pairs_outputs_of_the_same_direction():
     assert list(table.columns[:2]) == ["output", "agreement multi"]
 
 
-def _scored(matches, unmatched, features=None):
+def _scored(scores, truth, features=None):
+    """A direction's per-study record as evaluate_directions keeps it (one output: lateral)."""
     import numpy as np
 
-    return {"rows": list(range(len(matches))),
-            "per_study": {"lateral": {"matches": np.asarray(matches, float), "unmatched": np.asarray(unmatched, float),
-                                      "features": features}}}
+    from support.xgem.evaluate import study_matches
+
+    other = np.roll(truth, 1, axis=0)
+    return {"rows": list(range(len(truth))),
+            "per_study": {"lateral": {"scores": scores, "truth": truth, "other": other, "features": features,
+                                      "matches": study_matches(scores > 0.5, truth),
+                                      "unmatched": study_matches(scores > 0.5, other)}}}
+
+
+def _truth(n, seed=0):
+    """Studies whose first finding is present in a random half, the others absent."""
+    import numpy as np
+
+    from support.xgem.evaluate import FINDINGS
+
+    truth = np.zeros((n, len(FINDINGS)))
+    truth[:, 0] = np.random.default_rng(seed).permutation(np.arange(n) % 2)
+    return truth
 
 
 def test_the_conditioning_effect_is_own_minus_other_truth_with_a_paired_interval():
     import numpy as np
 
-    follows = _scored([[13, 13]] * 20, [[9, 13]] * 20)            # right on every known finding; 9/13 by chance
-    ignores = _scored([[10, 13], [9, 13]] * 10, [[9, 13], [10, 13]] * 10)
-    few = _scored([[13, 13]] * 3, [[9, 13]] * 3)
-    table = study.conditioning_effect({"F->L": follows, "T->L": ignores, "L+T->F": few}, n_boot=200).set_index(
-        "direction")
-    assert table.loc["F->L", "difference"] == pytest.approx(4 / 13) and table.loc["F->L", "excludes 0"]
-    assert table.loc["T->L", "difference"] == 0.0 and not table.loc["T->L", "excludes 0"]
-    assert table.loc["T->L", "ci_low"] < 0 < table.loc["T->L", "ci_high"]
-    assert np.isnan(table.loc["L+T->F", "difference"]) and table.loc["L+T->F", "note"].startswith("too few samples")
+    truth = _truth(40)
+    rng = np.random.default_rng(1)
+    follows = _scored(np.clip(truth * 0.8 + rng.uniform(0, 0.2, truth.shape), 0, 1), truth)   # reads its study
+    ignores = _scored(rng.uniform(0, 1, truth.shape), truth)                                  # reads nothing
+    few = _scored(np.clip(truth[:6] * 0.8, 0, 1), truth[:6])
+    table = study.conditioning_effect({"F->L": follows, "T->L": ignores, "L+T->F": few}, n_boot=200)
+    auroc = table[table["measure"] == "auroc - unmatched"].set_index("direction")
+    own = 1.0                                                      # a perfect ranking of its own study
+    from support.downstream.auroc import per_finding_auroc
+
+    other = per_finding_auroc(np.roll(truth, 1, axis=0)[:, :1], follows["per_study"]["lateral"]["scores"][:, :1],
+                              ["a"])["a"]
+    assert auroc.loc["F->L", "difference"] == pytest.approx(own - other) and auroc.loc["F->L", "excludes 0"]
+    assert auroc.loc["T->L", "ci_low"] < 0 < auroc.loc["T->L", "ci_high"] and not auroc.loc["T->L", "excludes 0"]
+    assert np.isnan(auroc.loc["L+T->F", "difference"]) and auroc.loc["L+T->F", "note"].startswith("too few samples")
+    agreement = table[table["measure"] == "agreement - unmatched"].set_index("direction")
+    assert agreement.loc["F->L", "difference"] > 0 and agreement.loc["F->L", "excludes 0"]
+    assert agreement.loc["L+T->F", "note"] == ""                   # 6 studies: agreement is scored, AUROC is not
 
 
-def test_ablation_differences_pair_the_same_studies_for_agreement_and_frechet_distance():
+def test_ablation_differences_pair_the_same_studies_for_auroc_agreement_and_frechet_distance():
     import numpy as np
 
     rng = np.random.default_rng(0)
+    truth = _truth(30)
     real = {"lateral": rng.normal(0, 1, (80, 4))}
-    multi = {"F->L": _scored([[12, 13]] * 12, [[9, 13]] * 12, rng.normal(0, 1, (12, 4)))}
-    single = {"F->L": _scored([[8, 13]] * 12, [[9, 13]] * 12, rng.normal(3, 1, (12, 4))),
-              "T->L": _scored([[8, 13]] * 12, [[9, 13]] * 12)}          # not in multi: not compared
+    good = np.clip(truth * 0.8 + rng.uniform(0, 0.2, truth.shape), 0, 1)
+    multi = {"F->L": _scored(good, truth, rng.normal(0, 1, (30, 4)))}
+    single = {"F->L": _scored(rng.uniform(0, 1, truth.shape), truth, rng.normal(3, 1, (30, 4))),
+              "T->L": _scored(good, truth)}                                   # not in multi: not compared
     table = study.ablation_differences(multi, single, real, n_boot=100).set_index("measure")
-    assert list(table.index) == ["agreement", "fd"] and (table["direction"] == "F->L").all()
-    assert table.loc["agreement", "difference"] == pytest.approx(4 / 13) and table.loc["agreement", "excludes 0"]
+    assert list(table.index) == ["auroc", "agreement", "fd"] and (table["direction"] == "F->L").all()
+    assert table.loc["auroc", "difference"] > 0.3 and table.loc["auroc", "excludes 0"]
+    assert table.loc["agreement", "difference"] > 0 and table.loc["agreement", "excludes 0"]
     assert table.loc["fd", "difference"] < 0 and table.loc["fd", "ci_high"] < 0      # Multi-Prompt's nearer
     # equal models (as after a few updates from one start): a difference of float rounding is no effect
     same = study.ablation_differences(multi, {"F->L": {**multi["F->L"]}}, real, n_boot=20)
     assert not same["excludes 0"].any() and same["difference"].abs().max() < 1e-9
-    short = {"F->L": _scored([[8, 13]] * 11, [[9, 13]] * 11, rng.normal(3, 1, (11, 4)))}
-    with pytest.raises(ValueError, match="12 studies multi-prompt, 11 single"):
+    short = {"F->L": _scored(good[:29], truth[:29], rng.normal(3, 1, (29, 4)))}
+    with pytest.raises(ValueError, match="30 studies multi-prompt, 29 single"):
         study.ablation_differences(multi, short, real)

@@ -2,9 +2,10 @@
 
 Per direction, on held-out studies (each output compared with the study its conditions came from):
 - images: Fréchet distance to the real images of that view in the reference encoder's space, and
-  **finding agreement** between the reference classifier's reading of the output and the truth;
-- reports: BLEU-1..4 and ROUGE-L against the study's report, and finding agreement between the
-  labeler's reading of the output and the truth;
+  **finding AUROC** and **agreement** between the reference classifier's reading of the output and
+  the truth;
+- reports: BLEU-1..4 and ROUGE-L against the study's report, and finding AUROC and agreement between
+  the labeler's reading of the output and the truth;
 - pairs generated together (F+L): **consistency**, as the agreement of the two views' findings
   and the reference encoder's cosine similarity of each pair above that of mismatched pairs.
 
@@ -70,6 +71,17 @@ def report_findings(texts: Sequence[str], findings: Sequence[str] = FINDINGS) ->
 
     return np.array([[label_report(t)[f] == 1.0 for f in findings] for t in texts], dtype=bool).reshape(len(texts),
                                                                                                        len(findings))
+
+
+def image_scores(probabilities: np.ndarray, label_names: Sequence[str],
+                 findings: Sequence[str] = FINDINGS) -> np.ndarray:
+    """(N, F): the classifier's probability of each finding; NaN for findings it does not predict."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    out = np.full((len(probabilities), len(findings)), np.nan)
+    for j, f in enumerate(findings):
+        if f in label_names:
+            out[:, j] = probabilities[:, list(label_names).index(f)]
+    return out
 
 
 def image_findings(probabilities: np.ndarray, label_names: Sequence[str], findings: Sequence[str] = FINDINGS,
@@ -180,3 +192,41 @@ def frechet_of(real_features: np.ndarray, generated_features: np.ndarray):
     real = gaussian_stats(real_features)
     generated = np.asarray(generated_features, dtype=np.float64)
     return lambda idx: float(frechet_distance_from_stats(*real, *gaussian_stats(generated[idx])))
+
+
+# ------------------------------------------------------------------------------ finding AUROC
+def finding_auroc(scores: np.ndarray, truth: np.ndarray, findings: Sequence[str] = FINDINGS) -> dict:
+    """How well an output's reading ranks its studies by the truth: per finding, the AUROC of
+    ``scores`` (N, F) (an image classifier's probability; a report's stated finding as 0/1, whose
+    AUROC is the mean of sensitivity and specificity) against ``truth``, then the mean over the
+    findings the judge reads (finite scores) with at least MIN_PER_CLASS studies of each class.
+    Unlike agreement it is not carried by the many absent findings: ignoring the conditions scores 0.5."""
+    from support.downstream.metrics import MIN_PER_CLASS
+
+    scores, truth = np.asarray(scores, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    if scores.shape != truth.shape:
+        raise ValueError(f"scores {scores.shape} and truth {truth.shape} differ in shape")
+    read = np.isfinite(scores).all(axis=0) if len(scores) else np.zeros(len(findings), dtype=bool)
+    columns = [j for j in range(len(findings)) if read[j] and min(
+        int((truth[:, j] == 1).sum()), int((truth[:, j] == 0).sum())) >= MIN_PER_CLASS]
+    if not columns:
+        return {"n": len(truth), "auroc": math.nan, "findings": [], "reason": (
+            f"too few samples: no finding the judge reads has {MIN_PER_CLASS} studies of each class "
+            f"among {len(truth)}")}
+    return {"n": len(truth), "auroc": auroc_over(scores, truth, columns)(np.arange(len(truth))),
+            "findings": [findings[j] for j in columns], "reason": ""}
+
+
+def auroc_over(scores: np.ndarray, truth: np.ndarray, columns: Sequence[int]):
+    """The mean AUROC over the fixed ``columns`` of the studies ``idx`` (a finding a resample holds
+    one class of is left out of that resample's mean), as a statistic for :func:`paired_difference`."""
+    from support.downstream.auroc import per_finding_auroc
+
+    scores, truth, columns = np.asarray(scores, np.float64), np.asarray(truth, np.float64), list(columns)
+    names = [str(j) for j in columns]
+
+    def statistic(idx: np.ndarray) -> float:
+        values = np.array(list(per_finding_auroc(truth[idx][:, columns], scores[idx][:, columns], names).values()))
+        return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+
+    return statistic

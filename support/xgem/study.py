@@ -22,9 +22,9 @@ import torch
 
 from support.xgem.config import XGeMConfig, xgem_config
 from support.xgem.data import Studies
-from support.xgem.evaluate import (finding_agreement, frechet, frechet_of, image_findings, pair_consistency,
-                                   paired_difference, pooled_agreement, report_findings, report_scores, study_matches,
-                                   too_few, truth_matrix)
+from support.xgem.evaluate import (FINDINGS, auroc_over, finding_agreement, finding_auroc, frechet, frechet_of,
+                                   image_findings, image_scores, pair_consistency, paired_difference, pooled_agreement,
+                                   report_findings, report_scores, study_matches, too_few, truth_matrix)
 from support.xgem.generate import DIRECTIONS, generate, parse_direction
 
 LOCAL = {"vae_path": ("image_vae", "vae_path"), "clip_path": ("contrastive", "clip_path"),
@@ -143,6 +143,13 @@ class Judges:
         ref = self.references[modality]
         return image_findings(ref.predict_proba(_unit(output)).numpy(), ref.label_names)
 
+    def scores(self, modality: str, output) -> np.ndarray:
+        """(N, F) readings to rank by: a view's classifier probabilities, a report's stated findings as 0/1."""
+        if modality == "report":
+            return report_findings(output).astype(np.float64)
+        ref = self.references[modality]
+        return image_scores(ref.predict_proba(_unit(output)).numpy(), ref.label_names)
+
     def features(self, view: str, images: torch.Tensor, space: str | None = None) -> np.ndarray:
         return self.references[space or view].embed(_unit(images)).numpy()
 
@@ -168,24 +175,30 @@ def score_direction(direction: str, rows: Sequence[int], outputs: Mapping[str, A
     for m, out in outputs.items():
         row = {"direction": direction, "output": m, "studies": len(rows)}
         features = judges.features(m, out) if m != "report" and len(rows) else None
+        other = np.roll(truth, 1, axis=0)           # each output against another study's truth
         if len(rows):
-            stated = judges.stated(m, out)
+            stated, ranked = judges.stated(m, out), judges.scores(m, out)
             agreement = finding_agreement(stated, truth)
             # the same outputs against other studies' truth (what an output unrelated to its study
             # scores), and the real image or report of each study read by the same judge (the ceiling)
-            unmatched = finding_agreement(stated, np.roll(truth, 1, axis=0))
-            if per_study is not None:
-                per_study[m] = {"matches": study_matches(stated, truth), "features": features,
-                                "unmatched": study_matches(stated, np.roll(truth, 1, axis=0))}
+            unmatched = finding_agreement(stated, other)
             real = [studies.records["report"].iat[i] for i in rows] if m == "report" else \
                 torch.stack([studies[i][m] for i in rows])
             ceiling = finding_agreement(judges.stated(m, real), truth)
+            auroc = finding_auroc(ranked, truth)
+            auroc_unmatched = finding_auroc(ranked, other)
+            auroc_real = finding_auroc(judges.scores(m, real), truth)
         else:
             agreement = unmatched = ceiling = {"agreement": math.nan, "f1": math.nan, "reason": too_few(0)}
-            if per_study is not None:
-                per_study[m] = {"matches": np.zeros((0, 2)), "unmatched": np.zeros((0, 2)), "features": None}
+            auroc = auroc_unmatched = auroc_real = {"auroc": math.nan, "findings": [], "reason": too_few(0)}
+            stated = ranked = np.zeros((0, truth.shape[1]))
+        if per_study is not None:
+            per_study[m] = {"matches": study_matches(stated, truth), "unmatched": study_matches(stated, other),
+                            "scores": ranked, "truth": truth, "other": other, "features": features}
         row.update({"agreement": agreement["agreement"], "agreement unmatched": unmatched["agreement"],
-                    "agreement real": ceiling["agreement"], "f1": agreement["f1"], "f1 real": ceiling["f1"]})
+                    "agreement real": ceiling["agreement"], "f1": agreement["f1"], "f1 real": ceiling["f1"],
+                    "auroc": auroc["auroc"], "auroc unmatched": auroc_unmatched["auroc"],
+                    "auroc real": auroc_real["auroc"], "auroc findings": len(auroc["findings"])})
         if m == "report":
             scores = report_scores(out, studies.records["report"].iloc[list(rows)].tolist())
             row.update({k: scores[k] for k in ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL")})
@@ -195,7 +208,7 @@ def score_direction(direction: str, rows: Sequence[int], outputs: Mapping[str, A
                 {"fd": math.nan, "reason": too_few(0, "images")}
             row["fd"] = fd["fd"]
             reason = fd["reason"]
-        row["note"] = agreement.get("reason") or reason
+        row["note"] = "; ".join(dict.fromkeys(r for r in (agreement.get("reason"), reason, auroc["reason"]) if r))
         result.append(row)
     return result
 
@@ -258,24 +271,40 @@ def _difference_row(direction: str, output: str, measure: str, result: dict) -> 
 _ROUNDING = 1e-9   # an interval this close to 0 is float rounding of two equal measures, not an effect
 
 
+def _auroc_difference(scores_a, scores_b, truth_a, truth_b, n_boot: int, seed: int) -> dict:
+    """Mean finding AUROC of (scores_a vs truth_a) minus (scores_b vs truth_b) over the same studies,
+    on the findings ``truth_a`` can score, with a paired interval."""
+    scorable = finding_auroc(scores_a, truth_a)
+    if scorable["reason"]:
+        return {"n": len(truth_a), "difference": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                "reason": scorable["reason"]}
+    columns = [list(FINDINGS).index(f) for f in scorable["findings"]]
+    return paired_difference(auroc_over(scores_a, truth_a, columns), auroc_over(scores_b, truth_b, columns),
+                             len(truth_a), n_boot, seed)
+
+
 def conditioning_effect(examples: Mapping[str, Mapping], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Does each output follow its conditions? Agreement with its own study's truth minus agreement
-    with another study's (the same outputs, so only the conditioning differs), with a paired 95 %
+    """Does each output follow its conditions? Its reading scored against its own study's truth
+    minus against another study's (the same outputs, so only the conditioning differs): the mean
+    finding AUROC (ignoring the conditions gives 0) and the agreement, each with a paired 95 %
     bootstrap interval over studies. An interval above 0 is conditioning the judges can see."""
     rows = []
     for direction, ex in examples.items():
         for output, scored in ex.get("per_study", {}).items():
+            auroc = _auroc_difference(scored["scores"], scored["scores"], scored["truth"], scored["other"], n_boot,
+                                      seed)
+            rows.append(_difference_row(direction, output, "auroc - unmatched", auroc))
             own, other = scored["matches"], scored["unmatched"]
-            result = paired_difference(lambda i: pooled_agreement(own, i), lambda i: pooled_agreement(other, i),
-                                       len(own), n_boot, seed)
-            rows.append(_difference_row(direction, output, "agreement - unmatched", result))
+            agreement = paired_difference(lambda i: pooled_agreement(own, i), lambda i: pooled_agreement(other, i),
+                                          len(own), n_boot, seed)
+            rows.append(_difference_row(direction, output, "agreement - unmatched", agreement))
     return pd.DataFrame(rows, columns=_DIFFERENCE_COLUMNS)
 
 
 def ablation_differences(multi: Mapping[str, Mapping], single: Mapping[str, Mapping], real_features: Mapping,
                          n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
-    """Multi-Prompt minus single-prompt, direction by direction, on the same studies and seeds:
-    finding agreement (above 0: Multi-Prompt follows the conditions better) and, for images, the
+    """Multi-Prompt minus single-prompt, direction by direction, on the same studies and seeds: mean
+    finding AUROC and agreement (above 0: Multi-Prompt follows the conditions better) and, for images, the
     Fréchet distance to the real view (below 0: Multi-Prompt closer), each with a paired bootstrap
     interval over studies. ``multi``/``single``: the examples of :func:`evaluate_directions`."""
     rows = []
@@ -290,6 +319,8 @@ def ablation_differences(multi: Mapping[str, Mapping], single: Mapping[str, Mapp
             if len(b["matches"]) != n:
                 raise ValueError(f"{direction} -> {output}: {n} studies multi-prompt, {len(b['matches'])} single: "
                                  "the ablation compares the same studies")
+            auroc = _auroc_difference(a["scores"], b["scores"], a["truth"], b["truth"], n_boot, seed)
+            rows.append(_difference_row(direction, output, "auroc", auroc))
             agreement = paired_difference(lambda i: pooled_agreement(a["matches"], i),
                                           lambda i: pooled_agreement(b["matches"], i), n, n_boot, seed)
             rows.append(_difference_row(direction, output, "agreement", agreement))
