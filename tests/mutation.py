@@ -98,7 +98,7 @@ def results(work: Path, patterns: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python tests/mutation.py", description=__doc__.splitlines()[0])
-    ap.add_argument("groups", nargs="*", help="groups of tests/mutation.toml (default: all)")
+    ap.add_argument("groups", nargs="*", help="groups of tests/mutation.toml (default: all but extra ones)")
     ap.add_argument("--keep", action="store_true", help="reuse each group's work folder and mutmut's cache")
     ap.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [g for g in args.groups if g not in groups]
     if unknown:
         ap.error(f"unknown group(s) {unknown}; expected some of {sorted(groups)}")
-    chosen = args.groups or list(groups)
+    chosen = args.groups or [g for g, spec in groups.items() if not spec.get("extra")]
     totals = {"killed": 0, "survived": 0, "other": 0}
     survivors: list[tuple[str, str]] = []
     start = time.perf_counter()
