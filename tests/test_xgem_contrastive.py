@@ -206,6 +206,7 @@ def test_recall_on_hand_made_embeddings():
     table = retrieval_table(_embeddings(6)).set_index("direction")
     assert list(table.index) == ["F->T", "T->F", "L->T", "T->L", "F->L", "L->F"]
     assert (table["recall@1"] == 1.0).all() and (table["recall@5"] == 1.0).all() and (table["left_out"] == 0).all()
+    assert (table["note"] == "").all()                                     # enough candidates: nothing to say
     # reports shifted by one study: no query finds its own at rank 1; each is the 2nd among 6
     shifted = torch.eye(6)[[1, 2, 3, 4, 5, 0]] + 0.5 * torch.eye(6)
     table = retrieval_table(_embeddings(6, report=shifted)).set_index("direction")

@@ -94,6 +94,30 @@ def test_no_dropout_means_no_empty_and_single_prompt_is_always_the_report():
                                          dropout=0.0, multi_prompt=False)
     assert not drawn["dropped"].any()
     torch.testing.assert_close(cond, b)
+    # the report model's single prompt is the frontal (its source a), never the lateral
+    cond, drawn = multi_prompt_condition("report", a, b, both, both, EMPTY, torch.Generator().manual_seed(0),
+                                         dropout=0.0, multi_prompt=False)
+    assert (drawn["choices"] == 0).all()
+    torch.testing.assert_close(cond, a)
+    with pytest.raises(ValueError, match="needs source a in every study"):
+        multi_prompt_condition("report", a, b, ~both, both, EMPTY, torch.Generator(), multi_prompt=False)
+
+
+def test_the_draws_are_the_generators():
+    n = 300
+    a, b = unit(n, E, seed=3), unit(n, E, seed=4)
+    both = torch.ones(n, dtype=torch.bool)
+    first, drawn = multi_prompt_condition("frontal", a, b, both, both, EMPTY, torch.Generator().manual_seed(9))
+    again, redrawn = multi_prompt_condition("frontal", a, b, both, both, EMPTY, torch.Generator().manual_seed(9))
+    assert torch.equal(drawn["dropped"], redrawn["dropped"]) and torch.equal(drawn["choices"], redrawn["choices"])
+    torch.testing.assert_close(first, again)
+
+
+def test_one_pair_of_context_vectors_mixes_too():
+    from support.xgem.multiprompt import mix
+
+    a, b = unit(E, seed=11), unit(E, seed=12)
+    torch.testing.assert_close(mix(torch.tensor([0.5, 0.5]), a, b), F.normalize(a + b, dim=0))
 
 
 def test_inference_combines_conditions_by_normalised_weighted_average():
@@ -103,6 +127,11 @@ def test_inference_combines_conditions_by_normalised_weighted_average():
     torch.testing.assert_close(uncond, F.normalize(EMPTY["image"] + EMPTY["text"], dim=-1).expand(3, E))
     cond, uncond = combine("lateral", {"frontal": f, "report": t}, EMPTY, {"frontal": 3.0, "report": 1.0})
     torch.testing.assert_close(cond, F.normalize(0.75 * f + 0.25 * t, dim=-1))
+    # fractional weights and a zero weight are weights too (only negatives and all-zero are refused)
+    cond, _ = combine("lateral", {"frontal": f, "report": t}, EMPTY, {"frontal": 0.25, "report": 0.75})
+    torch.testing.assert_close(cond, F.normalize(0.25 * f + 0.75 * t, dim=-1))
+    cond, _ = combine("lateral", {"frontal": f, "report": t}, EMPTY, {"frontal": 0.0})
+    torch.testing.assert_close(cond, t)
     cond, uncond = combine("frontal", {"report": t}, EMPTY)
     torch.testing.assert_close(cond, t)
     torch.testing.assert_close(uncond, EMPTY["text"].expand(3, E))
