@@ -217,16 +217,23 @@ def finding_auroc(scores: np.ndarray, truth: np.ndarray, findings: Sequence[str]
             "findings": [findings[j] for j in columns], "reason": ""}
 
 
+def _pairwise_auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """AUROC as the share of (present, absent) pairs ranked rightly, ties one half (Mann-Whitney);
+    unknown (NaN) truth left out. On a few dozen studies this is far cheaper than sorting."""
+    pos, neg = s[y == 1], s[y == 0]
+    if not len(pos) or not len(neg):
+        return math.nan
+    d = pos[:, None] - neg[None, :]
+    return float(((d > 0).sum() + 0.5 * (d == 0).sum()) / d.size)
+
+
 def auroc_over(scores: np.ndarray, truth: np.ndarray, columns: Sequence[int]):
     """The mean AUROC over the fixed ``columns`` of the studies ``idx`` (a finding a resample holds
     one class of is left out of that resample's mean), as a statistic for :func:`paired_difference`."""
-    from support.downstream.auroc import per_finding_auroc
-
     scores, truth, columns = np.asarray(scores, np.float64), np.asarray(truth, np.float64), list(columns)
-    names = [str(j) for j in columns]
 
     def statistic(idx: np.ndarray) -> float:
-        values = np.array(list(per_finding_auroc(truth[idx][:, columns], scores[idx][:, columns], names).values()))
+        values = [_pairwise_auroc(truth[idx, j], scores[idx, j]) for j in columns]
         return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
 
     return statistic
