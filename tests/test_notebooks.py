@@ -130,6 +130,9 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     name = t2i_root.name
     assert f"{name}.fd" in evaluation and f"{name}.cond_auroc_mean" in evaluation
     assert "xgem-t2fl.fd" in evaluation and "xgem-t2fl.cond_auroc_mean" in evaluation
+    # 06 judged XGeM's laterals against the real laterals, memorisation audit included
+    assert {"xgem-t2fl.lateral.fd", "xgem-t2fl.lateral.privacy_share_flagged"} <= set(evaluation)
+    assert f"{name}.lateral.fd" not in evaluation                           # T2I-LoRA's set has no lateral
     # 06's utility study: by default the first labelled set, the real regime once beside it
     [studied] = evaluation["utility_sets"]
     assert {"real@1.0", f"{studied}|synthetic@1.0", f"{studied}|synthetic->real@0.5"} <= set(

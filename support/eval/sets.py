@@ -67,6 +67,10 @@ def load_set(root: str | os.PathLike, size: int) -> tuple[ImageDataset, pd.DataF
     """A synthetic set's images, and the finding labels it was asked for when it records any."""
     records, _ = load_dataset("mimic-cxr-jpg", root, reports="auto")
     data = frontal_images(records, size)
-    labels = data.records[list(CHEXPERT_LABELS)]
-    requested = labels if np.isfinite(labels.to_numpy(dtype=float)).any() else None
-    return data, requested
+    return data, requested_labels(data.records)
+
+
+def requested_labels(records: pd.DataFrame) -> pd.DataFrame | None:
+    """The finding labels a synthetic set's images were asked for, or None when it records none."""
+    labels = records[list(CHEXPERT_LABELS)]
+    return labels if np.isfinite(labels.to_numpy(dtype=float)).any() else None
