@@ -77,7 +77,19 @@ def test_pair_consistency_by_hand():
     shuffled = pair_consistency(np.ones((6, 2), bool), np.zeros((6, 2), bool), f, np.roll(f, 1, axis=0))
     assert shuffled["agreement"] == 0.0 and shuffled["similarity"] == pytest.approx(0 - 6 / 30)   # each frontal matches one wrong lateral
     few = pair_consistency(np.ones((2, 2), bool), np.ones((2, 2), bool), f[:2], f[:2])
-    assert math.isnan(few["similarity"]) and "too few" in few["reason"]
+    assert math.isnan(few["similarity"]) and math.isnan(few["agreement"]) and few["n"] == 2
+    assert few["reason"] == "too few samples (2 pairs, at least 5 needed)"
+    # features of any length are compared by angle; stated findings given as 0/1 integers count as booleans
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+    scale = rng.uniform(0.01, 100, (6, 1))
+    unit_a, unit_b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+    cos = unit_a @ unit_b.T
+    expected = np.trace(cos) / 6 - (cos.sum() - np.trace(cos)) / 30
+    stated_f, stated_l = rng.integers(0, 3, (6, 3)), rng.integers(0, 2, (6, 3))
+    out = pair_consistency(stated_f, stated_l, a * scale, b * scale[::-1])
+    assert out == {"n": 6, "agreement": pytest.approx(float(((stated_f > 0) == (stated_l > 0)).mean())),
+                   "similarity": pytest.approx(expected), "reason": ""}
 
 
 def test_per_study_counts_pool_to_the_agreement_and_resample_by_study():
@@ -110,7 +122,17 @@ def test_a_paired_difference_keeps_the_pairing_and_its_interval_covers_at_95_per
         covered += d["ci_low"] <= 0.3 <= d["ci_high"]
     assert 0.88 <= covered / 200 <= 0.99
     few = paired_difference(lambda i: 0.0, lambda i: 0.0, MIN_STUDIES - 1)
-    assert math.isnan(few["difference"]) and few["reason"].startswith("too few samples")
+    assert set(few) == {"n", "difference", "ci_low", "ci_high", "reason"} and few["n"] == MIN_STUDIES - 1
+    assert math.isnan(few["difference"]) and math.isnan(few["ci_low"]) and math.isnan(few["ci_high"])
+    assert few["reason"].startswith("too few samples")
+    # seeded, at the confidence asked for, the point value over every study
+    a, b = np.random.default_rng(7).normal(0.2, 1, (2, 25))
+    d95 = paired_difference(lambda i: a[i].mean(), lambda i: b[i].mean(), 25, n_boot=300, seed=1)
+    assert d95 == paired_difference(lambda i: a[i].mean(), lambda i: b[i].mean(), 25, n_boot=300, seed=1)
+    assert d95 != paired_difference(lambda i: a[i].mean(), lambda i: b[i].mean(), 25, n_boot=300, seed=2)
+    d80 = paired_difference(lambda i: a[i].mean(), lambda i: b[i].mean(), 25, n_boot=300, seed=1, confidence=0.8)
+    assert d95["ci_low"] < d80["ci_low"] < d80["ci_high"] < d95["ci_high"]
+    assert d95["n"] == 25 and d95["reason"] == "" and d95["difference"] == pytest.approx(a.mean() - b.mean())
 
 
 def test_the_frechet_statistic_of_all_studies_is_the_frechet_distance():
@@ -140,7 +162,30 @@ def test_finding_auroc_ranks_by_the_reading_on_findings_with_five_studies_of_eac
     # a resample: the same findings, scored on its studies; one holding a single class scores nothing
     assert math.isnan(auroc_over(scores, truth, [0])(np.arange(6)))
     assert auroc_over(scores, truth, [0, 3])(np.r_[0:6, 7:12]) == pytest.approx((29 / 30 + 0.75) / 2)
+    assert out["n"] == 12 and set(out) == {"n", "auroc", "findings", "reason"}
+    assert finding_auroc(scores.astype(np.float32), truth, names)["auroc"] == pytest.approx(out["auroc"])
     none = finding_auroc(scores[:8], truth[:8], names)
-    assert math.isnan(none["auroc"]) and none["reason"].startswith("too few samples")
+    assert math.isnan(none["auroc"]) and none["reason"].startswith("too few samples") and none["n"] == 8
+    assert none["findings"] == [] and set(none) == set(out)
+    empty = finding_auroc(np.zeros((0, 4)), np.zeros((0, 4)), names)
+    assert empty["n"] == 0 and math.isnan(empty["auroc"]) and "among 0" in empty["reason"]
     np.testing.assert_array_equal(image_scores(np.array([[0.2, 0.7]]), ["B", "A"], names),
                                   [[0.7, 0.2, np.nan, np.nan]])
+
+
+def test_f1_goes_on_past_a_finding_without_positives_and_ties_count_one_half():
+    from support.xgem.evaluate import _pairwise_auroc
+
+    truth = np.zeros((6, 2))
+    truth[:3, 1] = 1                                   # A never present; B in three studies
+    stated = np.zeros((6, 2), bool)
+    stated[:3, 1] = True
+    out = finding_agreement(stated, truth, ["A", "B"])
+    assert out["f1"] == 1.0 and out["agreement"] == 1.0 and out["n"] == 6 and out["reason"] == ""
+    few = finding_agreement(stated[:3], truth[:3], ["A", "B"])
+    assert set(few) == {"n", "agreement", "f1", "reason"} and few["n"] == 3 and math.isnan(few["f1"])
+    assert few["reason"] == "too few samples (3 studies, at least 5 needed)"
+    # a tie between a present and an absent study counts one half, whatever the scores' values
+    assert _pairwise_auroc(np.array([1.0, 0.0]), np.array([0.7, 0.7])) == 0.5
+    assert _pairwise_auroc(np.array([1.0, 0.0, 0.0]), np.array([2.0, 1.0, 2.0])) == 0.75
+    assert frechet(np.zeros((8, 2)), np.zeros((3, 2)))["reason"] == "too few samples (3 images, at least 5 needed)"
