@@ -88,12 +88,7 @@ def image_findings(probabilities: np.ndarray, label_names: Sequence[str], findin
                    threshold: float = 0.5) -> np.ndarray:
     """(N, F): the classifier's probability above ``threshold``; findings it does not predict are
     never stated."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    out = np.zeros((len(probabilities), len(findings)), dtype=bool)
-    for j, f in enumerate(findings):
-        if f in label_names:
-            out[:, j] = probabilities[:, list(label_names).index(f)] > threshold
-    return out
+    return image_scores(probabilities, label_names, findings) > threshold     # NaN > t is False
 
 
 def text_scores(generated: Sequence[str], references: Sequence[str]) -> dict:

@@ -23,7 +23,7 @@ import torch
 from support.xgem.config import XGeMConfig, xgem_config
 from support.xgem.data import Studies
 from support.xgem.evaluate import (FINDINGS, auroc_over, finding_agreement, finding_auroc, frechet, frechet_of,
-                                   image_findings, image_scores, pair_consistency, paired_difference, pooled_agreement,
+                                   image_scores, pair_consistency, paired_difference, pooled_agreement,
                                    report_findings, report_scores, study_matches, too_few, truth_matrix)
 from support.xgem.generate import DIRECTIONS, generate, parse_direction
 
@@ -130,6 +130,11 @@ def generate_for(models, studies: Studies, direction: str, n: int, batch_size: i
     return rows, result
 
 
+def stated_by(scores: np.ndarray) -> np.ndarray:
+    """Readings (Judges.scores) to stated findings: above 0.5 (image_findings' threshold; a report's 0/1)."""
+    return scores > 0.5
+
+
 @dataclasses.dataclass
 class Judges:
     """What reads an output: the reference encoder of each view, and the real images' features."""
@@ -138,10 +143,8 @@ class Judges:
     real_features: dict[str, np.ndarray]
 
     def stated(self, modality: str, output) -> np.ndarray:
-        if modality == "report":
-            return report_findings(output)
-        ref = self.references[modality]
-        return image_findings(ref.predict_proba(_unit(output)).numpy(), ref.label_names)
+        """(N, F) findings an output states: a probability above 0.5, or the labeler's 1."""
+        return stated_by(self.scores(modality, output))
 
     def scores(self, modality: str, output) -> np.ndarray:
         """(N, F) readings to rank by: a view's classifier probabilities, a report's stated findings as 0/1."""
@@ -177,17 +180,19 @@ def score_direction(direction: str, rows: Sequence[int], outputs: Mapping[str, A
         features = judges.features(m, out) if m != "report" and len(rows) else None
         other = np.roll(truth, 1, axis=0)           # each output against another study's truth
         if len(rows):
-            stated, ranked = judges.stated(m, out), judges.scores(m, out)
+            ranked = judges.scores(m, out)
+            stated = stated_by(ranked)               # what Judges.stated reads, without a second pass
             agreement = finding_agreement(stated, truth)
             # the same outputs against other studies' truth (what an output unrelated to its study
             # scores), and the real image or report of each study read by the same judge (the ceiling)
             unmatched = finding_agreement(stated, other)
             real = [studies.records["report"].iat[i] for i in rows] if m == "report" else \
                 torch.stack([studies[i][m] for i in rows])
-            ceiling = finding_agreement(judges.stated(m, real), truth)
+            real_scores = judges.scores(m, real)
+            ceiling = finding_agreement(stated_by(real_scores), truth)
             auroc = finding_auroc(ranked, truth)
             auroc_unmatched = finding_auroc(ranked, other)
-            auroc_real = finding_auroc(judges.scores(m, real), truth)
+            auroc_real = finding_auroc(real_scores, truth)
         else:
             agreement = unmatched = ceiling = {"agreement": math.nan, "f1": math.nan, "reason": too_few(0)}
             auroc = auroc_unmatched = auroc_real = {"auroc": math.nan, "findings": [], "reason": too_few(0)}
