@@ -132,6 +132,10 @@ DISTRIBUTED = textwrap.dedent('''
         json.dump({"centroids": clusters.centroids.tolist(), "active": int(clusters.active),
                    "rows": rows.tolist(), "start": start, "assigned": index.tolist(), "loss": float(total) / 11},
                   open(f"{out}/rank{rank}.json", "w"))
+        # drop the autograd graph that holds the group, and leave together: a gloo group torn down
+        # while its peer still talks (or later, at interpreter exit) can abort the process
+        del rows, loss, total, index
+        dist.barrier()
         dist.destroy_process_group()
 
     if __name__ == "__main__":
@@ -142,8 +146,13 @@ DISTRIBUTED = textwrap.dedent('''
 def test_kmeans_and_infonce_agree_across_two_gloo_processes(tmp_path):
     script = tmp_path / "dist.py"
     script.write_text(DISTRIBUTED)
-    proc = subprocess.run([sys.executable, str(script), str(free_port()), str(tmp_path)], env=ENV,
-                          capture_output=True, text=True, timeout=180)
+    for attempt in range(2):
+        proc = subprocess.run([sys.executable, str(script), str(free_port()), str(tmp_path)], env=ENV,
+                              capture_output=True, text=True, timeout=180)
+        # gloo (torch 2.x) can abort a process at teardown on a loaded machine, after its work is
+        # done; that one library crash earns a single rerun, anything else fails at once
+        if "terminate called without an active exception" not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["centroids"] == ranks[1]["centroids"] and ranks[0]["active"] == 4
