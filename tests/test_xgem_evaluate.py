@@ -90,6 +90,11 @@ def test_pair_consistency_by_hand():
     out = pair_consistency(stated_f, stated_l, a * scale, b * scale[::-1])
     assert out == {"n": 6, "agreement": pytest.approx(float(((stated_f > 0) == (stated_l > 0)).mean())),
                    "similarity": pytest.approx(expected), "reason": ""}
+    # a faint feature row is still a direction; an all-zero row (a blank output) is no direction, not NaN
+    faint = np.eye(6) * np.array([1e-6, 1, 1, 1, 1, 1])[:, None]
+    assert pair_consistency(np.ones((6, 2)), np.ones((6, 2)), faint, faint)["similarity"] == pytest.approx(1.0)
+    blank = np.eye(6) * np.array([0, 1, 1, 1, 1, 1])[:, None]
+    assert pair_consistency(np.ones((6, 2)), np.ones((6, 2)), blank, blank)["similarity"] == pytest.approx(5 / 6)
 
 
 def test_per_study_counts_pool_to_the_agreement_and_resample_by_study():
