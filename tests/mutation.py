@@ -57,6 +57,14 @@ def prepare(name: str, group: dict, patterns: list[str], keep: bool) -> Path:
         if (work / sub).exists():
             shutil.rmtree(work / sub)
         shutil.copytree(ROOT / sub, work / sub, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    preload = group.get("preload", [])
+    if preload:
+        # mutmut forks each mutant's test run from a server that has collected the tests; a module
+        # the tests import only when they run (diffusers' schedulers, peft) would be imported again
+        # in every mutant's process, seconds each. The server imports them once instead.
+        with open(work / "tests" / "conftest.py", "a") as f:
+            f.write(f"\n\nimport importlib as _importlib\nfor _name in {preload!r}:\n"
+                    "    _importlib.import_module(_name)\n")
     files = sorted({module_file(name, m) for m in group["mutants"]})
     for t in group["tests"]:
         if not (ROOT / t).is_file():
