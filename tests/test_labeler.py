@@ -131,7 +131,8 @@ def test_hand_written_cases_count():
     assert len(CASES) >= 40
 
 
-@pytest.mark.parametrize("text,expected", CASES, ids=[c[0][:50] for c in CASES])
+# ids on one line: a newline in a test id is not found again when mutmut names the test
+@pytest.mark.parametrize("text,expected", CASES, ids=[" ".join(c[0][:50].split()) for c in CASES])
 def test_hand_written_report_labels(text, expected):
     _check(text, expected)
 
@@ -379,3 +380,37 @@ def test_declaring_cues_and_phrases():
     phrase = _p(r"\byy\b", negative_only=True, closed=True)
     assert (phrase.regex.pattern, phrase.negative_only, phrase.closed) == (r"\byy\b", True, True)
     assert phrase.regex.search("yy")
+
+
+# Sentence structures each rule of the clause splitter and the judge exists for; mutation testing
+# showed each rule could break without a failing test.
+STRUCTURES = [
+    # an all-caps report: the section's closing full stop is added, no trailing letter is stripped
+    ("FINDINGS: RIGHT PNEUMOTHORAX", {"Pneumothorax": 1}),
+    # a parenthetical aside is lifted out; the main verb speaks of the finding before it
+    ("The effusion, which was small, has resolved.", {"Pleural Effusion": 0, "No Finding": 1}),
+    ("The pneumothorax, however, has resolved.", {"Pneumothorax": 0, "No Finding": 1}),
+    # a "which" clause that names a finding of its own is split from the negation before it
+    ("No pneumothorax, which may be atelectasis.", {"Pneumothorax": 0, "Atelectasis": -1}),
+    ("No effusion, which could be consolidation.", {"Pleural Effusion": 0, "Consolidation": -1}),
+    # "and" joining two clauses with a predicate each ends the negation's scope
+    ("No effusion is seen and a chest tube remains in place.", {"Pleural Effusion": 0, "Support Devices": 1,
+                                                                "No Finding": 1}),
+    ("No pneumothorax is seen and a small effusion is present.", {"Pneumothorax": 0, "Pleural Effusion": 1}),
+    # a neutral "no change" is masked in place, so the triggers after it keep their positions
+    ("No interval change in the left lower lobe opacity, no pneumothorax.", {"Lung Opacity": 1, "Pneumothorax": 0}),
+    ("Left effusion with no change since prior and no pneumothorax.", {"Pleural Effusion": 1, "Pneumothorax": 0}),
+    # a trigger word inside a closed phrase is judged by the phrase ("normal to ... enlarged": uncertain)
+    ("Heart size is top normal to mildly enlarged.", {"Cardiomegaly": -1}),
+    # "normal" judges heart size, not a finding after it
+    ("Heart size is normal and pneumothorax.", {"Cardiomegaly": 0, "Pneumothorax": 1}),
+    ("Normal heart size with pneumonia.", {"Cardiomegaly": 0, "Pneumonia": 1}),
+    # an unjudged mention of the heart or mediastinum (kept only when negated) does not end the clause
+    ("The heart and pneumothorax.", {"Pneumothorax": 1}),
+    ("The mediastinum, pneumonia present.", {"Pneumonia": 1}),
+]
+
+
+@pytest.mark.parametrize("text,expected", STRUCTURES, ids=[s[0] for s in STRUCTURES])
+def test_each_rule_of_the_clause_splitter_and_the_judge(text, expected):
+    _check(text, expected)
