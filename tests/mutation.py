@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         if run.returncode != 0 and not status:
             print(run.stdout[-3000:], file=sys.stderr)
             raise SystemExit(f"mutmut failed on group {name} (exit {run.returncode}); work folder {work}")
+        unchecked = sum(s == "not checked" for s in status.values())
+        if unchecked:   # mutmut stopped before testing them: its clean run failed, say why
+            print(run.stdout[-3000:], file=sys.stderr)
+            raise SystemExit(f"mutmut left {unchecked} mutants of group {name} unchecked; work folder {work}")
         killed = sum(s in KILLED for s in status.values())
         timeouts = sum(s == "timeout" for s in status.values())
         survived = [m for m, s in status.items() if s in SURVIVED]

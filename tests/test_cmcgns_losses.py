@@ -390,3 +390,13 @@ def test_cluster_guided_infonce_on_rank_1_masks_against_its_global_targets(monke
                                                       scale * z1[1, 2]]), 0))
     assert torch.isclose(loss, (row0 + row1) / 2, atol=1e-6)
     assert stats["false_negatives"] == pytest.approx(1.0)
+
+
+def test_current_centroids_are_each_unit_length_and_keep_their_direction():
+    # centroids are EMAs of means of unit features, so shorter than 1; each row is scaled by its own norm
+    raw = torch.tensor([[0.3, 0.4, 0.0], [0.0, 0.1, 0.0], [2.0, 0.0, 2.0]])
+    clusters = _clusters(raw)
+    clusters.active.fill_(2)                                    # only the started ones
+    current = clusters.current()
+    assert current.shape == (2, 3)
+    assert torch.allclose(current, torch.tensor([[0.6, 0.8, 0.0], [0.0, 1.0, 0.0]]))
