@@ -86,7 +86,7 @@ def test_pair_consistency_by_hand():
     unit_a, unit_b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
     cos = unit_a @ unit_b.T
     expected = np.trace(cos) / 6 - (cos.sum() - np.trace(cos)) / 30
-    stated_f, stated_l = rng.integers(0, 3, (6, 3)), rng.integers(0, 2, (6, 3))
+    stated_f, stated_l = rng.integers(0, 3, (6, 3)), rng.integers(0, 3, (6, 3))   # any non-zero count states it
     out = pair_consistency(stated_f, stated_l, a * scale, b * scale[::-1])
     assert out == {"n": 6, "agreement": pytest.approx(float(((stated_f > 0) == (stated_l > 0)).mean())),
                    "similarity": pytest.approx(expected), "reason": ""}

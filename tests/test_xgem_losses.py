@@ -89,3 +89,14 @@ def test_too_few_samples_give_nan_and_a_reason_and_absent_modalities_are_counted
     row = single.loc["F->L"]
     assert math.isnan(row["recall@1"]) and math.isnan(row["recall@5"]) and "1 candidate " in row["note"]
     assert single.loc["F->T", "note"].startswith("too few samples") and single.loc["F->T", "recall@1"] == 1.0
+
+
+def test_recall_is_scored_from_exactly_enough_candidates_and_the_note_names_what_is_missing():
+    five = retrieval_table(_embeddings(5)).set_index("direction").loc["F->T"]
+    assert five["recall@5"] == 1.0 and five["note"] == ""                  # 5 candidates: recall@5 counts
+    two = retrieval_table(_embeddings(6, has_lateral=[True, True, False, False, False, False])
+                          ).set_index("direction").loc["F->L"]
+    assert two["recall@1"] == 1.0 and math.isnan(two["recall@5"])         # 2 candidates: recall@1 counts
+    assert two["note"] == "too few samples: 2 candidates (recall@5 needs 5)"
+    one = retrieval_table(_embeddings(3, has_lateral=[True, False, False])).set_index("direction").loc["F->L"]
+    assert one["note"] == "too few samples: 1 candidate (recall@1 needs 2, recall@5 needs 5)"
