@@ -52,6 +52,10 @@ def test_one_source_means_that_source_and_single_prompt_means_the_named_one():
         draw_choices(torch.tensor([False]), torch.tensor([False]), g)
     with pytest.raises(ValueError, match="needs source b in every study; 1 lack it"):
         draw_choices(has_a[:2], has_b[:2], g, multi_prompt=False, single="b")
+    # single-prompt training asks only for its own source: b without a is fine, a without b is not
+    assert (draw_choices(has_a[1:3], has_b[1:3], g, multi_prompt=False, single="b") == 1).all()
+    with pytest.raises(ValueError, match="needs source a in every study; 1 lack it"):
+        draw_choices(has_a[1:3], has_b[1:3], g, multi_prompt=False, single="a")
 
 
 def test_weights_are_a_b_and_the_half_half_average():
