@@ -27,6 +27,7 @@ from support.data.schema import CHEXPERT_LABELS
 
 MIN_STUDIES = 5
 FINDINGS = tuple(n for n in CHEXPERT_LABELS if n != "No Finding")
+STATED_ABOVE = 0.5   # a reading above this states the finding (a probability; a report's 0/1)
 
 
 def too_few(n: int, what: str = "studies") -> str:
@@ -85,7 +86,7 @@ def image_scores(probabilities: np.ndarray, label_names: Sequence[str],
 
 
 def image_findings(probabilities: np.ndarray, label_names: Sequence[str], findings: Sequence[str] = FINDINGS,
-                   threshold: float = 0.5) -> np.ndarray:
+                   threshold: float = STATED_ABOVE) -> np.ndarray:
     """(N, F): the classifier's probability above ``threshold``; findings it does not predict are
     never stated."""
     return image_scores(probabilities, label_names, findings) > threshold     # NaN > t is False

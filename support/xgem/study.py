@@ -22,8 +22,8 @@ import torch
 
 from support.xgem.config import XGeMConfig, xgem_config
 from support.xgem.data import Studies
-from support.xgem.evaluate import (FINDINGS, auroc_over, finding_agreement, finding_auroc, frechet, frechet_of,
-                                   image_scores, pair_consistency, paired_difference, pooled_agreement,
+from support.xgem.evaluate import (FINDINGS, STATED_ABOVE, auroc_over, finding_agreement, finding_auroc, frechet,
+                                   frechet_of, image_scores, pair_consistency, paired_difference, pooled_agreement,
                                    report_findings, report_scores, study_matches, too_few, truth_matrix)
 from support.xgem.generate import DIRECTIONS, generate, parse_direction
 
@@ -131,8 +131,8 @@ def generate_for(models, studies: Studies, direction: str, n: int, batch_size: i
 
 
 def stated_by(scores: np.ndarray) -> np.ndarray:
-    """Readings (Judges.scores) to stated findings: above 0.5 (image_findings' threshold; a report's 0/1)."""
-    return scores > 0.5
+    """Readings (Judges.scores) to stated findings, at image_findings' threshold."""
+    return scores > STATED_ABOVE
 
 
 @dataclasses.dataclass
