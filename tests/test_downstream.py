@@ -75,10 +75,15 @@ def random_net(seed: int = 0):
 def _compare(encoders, task, train, test, metric, config=CONFIG):
     tables = {name: evaluate(encoder, task, "linear", (SCARCE,), train, test, config)
               for name, encoder in encoders.items()}
-    for table in tables.values():
+    for name, table in tables.items():
         assert list(table.columns) == COLUMNS
-        assert (table["reason"] == "").all()
-        assert (table["ci_low"] <= table["value"]).all() and (table["value"] <= table["ci_high"]).all()
+        # a random encoder's AUROC may scatter so widely that it is no result: said, never a number
+        wide = table["reason"].str.startswith("too few samples: the 95% interval") | table["reason"].str.startswith(
+            "mean undefined")
+        assert (table["reason"] == "").all() if name == "trained" else (table["reason"].eq("") | wide).all()
+        scored = table[table["reason"] == ""]
+        assert (scored["ci_low"] <= scored["value"]).all() and (scored["value"] <= scored["ci_high"]).all()
+        assert np.isnan(table.loc[wide, "value"]).all()
         assert (table["n_train"] < len(train)).all() and (table["n_test"] > 0).all()
     value = {name: float(t.loc[t["metric"] == metric, "value"].iloc[0]) for name, t in tables.items()}
     return value, tables
@@ -92,7 +97,8 @@ def test_linear_probe_auroc_is_higher_for_a_trained_encoder(phantom, encoders):
                                                 "f1:Cardiomegaly", "f1:Pleural Effusion"}
     f1 = tables["trained"].set_index("metric").loc[["f1:Cardiomegaly", "f1:Pleural Effusion"], "value"]
     assert ((0 <= f1) & (f1 <= 1)).all()
-    assert value["trained"] > 0.75 and value["trained"] > value["random"] + 0.15, value
+    # the random encoder: clearly below, or so scattered that its AUROC is "too few samples"
+    assert value["trained"] > 0.75 and not value["random"] + 0.15 >= value["trained"], value
 
 
 def test_segmentation_dice_is_higher_for_a_trained_encoder(phantom, encoders):
@@ -251,7 +257,8 @@ def test_fine_tune_trains_a_copy_and_tiny_sets_still_train():
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     config = dataclasses.replace(CONFIG, train=dataclasses.replace(HEADS, epochs=2, batch_size=64), n_boot=20)
     table = evaluate(encoder, MultiLabelClassification(RENDERED), "finetune", (1.0,), train, test, config)
-    assert np.isfinite(table["value"]).all()
+    assert (np.isfinite(table["value"]) | table["reason"].str.startswith(("too few samples", "mean undefined"))).all()
+    assert np.isfinite(table["value"]).any()
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())   # the caller's encoder untouched
     assert loop_for(HEADS, 5).batch_size == 5
     assert loop_for(HEADS, 40, min_steps=60).epochs == 60 // (40 // 16)

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 from support.downstream.auroc import _auroc_rows, bootstrap_auroc, known_mask, per_finding_auroc
 from support.downstream.metrics import (MGCA_IOU_THRESHOLDS, MIN_PER_CLASS, accuracy_row, auroc_rows, bootstrap_ci,
                                         dice_row, f1_rows, map_row, mean_average_precision, row, too_few,
-                                        too_few_of_a_class)
+                                        too_few_of_a_class, too_wide, MAX_AUROC_CI_WIDTH)
 
 torch.set_num_threads(1)
 NAN = float("nan")
@@ -179,19 +179,36 @@ def test_rows_and_too_few_reasons_by_value():
     assert too_few(4, 5) == "too few samples: 4 test images, at least 5 needed"
     assert too_few(5, 5) == "" and too_few(6, 5) == ""
     assert too_few(0, 1, "boxes") == "too few samples: 0 boxes, at least 1 needed"
-    assert MIN_PER_CLASS == 5
-    y = np.r_[np.ones(4), np.zeros(10)]
-    assert too_few_of_a_class(y) == ("too few samples: 4 positives among 14 test labels, "
-                                     "at least 5 of each class needed")
-    assert too_few_of_a_class(1 - y) == ("too few samples: 4 negatives among 14 test labels, "
-                                         "at least 5 of each class needed")
+    assert MIN_PER_CLASS == 10
+    y = np.r_[np.ones(9), np.zeros(20)]
+    assert too_few_of_a_class(y) == ("too few samples: 9 positives among 29 test labels, "
+                                     "at least 10 of each class needed")
+    assert too_few_of_a_class(1 - y) == ("too few samples: 9 negatives among 29 test labels, "
+                                         "at least 10 of each class needed")
     assert too_few_of_a_class(np.r_[np.ones(3), np.zeros(2)]) == (
-        "too few samples: 3 positives and 2 negatives among 5 test labels, at least 5 of each class needed")
-    assert too_few_of_a_class(np.r_[np.ones(5), np.zeros(5)]) == ""
+        "too few samples: 3 positives and 2 negatives among 5 test labels, at least 10 of each class needed")
+    assert too_few_of_a_class(np.r_[np.ones(10), np.zeros(10)]) == ""
     # F1 counts positives only: few negatives are no reason
-    assert too_few_of_a_class(np.r_[np.ones(5), np.zeros(1)], negatives=False) == ""
-    assert too_few_of_a_class(np.r_[np.ones(4), np.zeros(9)], negatives=False) == (
-        "too few samples: 4 positives among 13 test labels, at least 5 of each class needed")
+    assert too_few_of_a_class(np.r_[np.ones(10), np.zeros(1)], negatives=False) == ""
+    assert too_few_of_a_class(np.r_[np.ones(9), np.zeros(9)], negatives=False) == (
+        "too few samples: 9 positives among 18 test labels, at least 10 of each class needed")
+    # an interval wider than 0.4 is no result, whatever the counts; one at the limit is
+    assert MAX_AUROC_CI_WIDTH == 0.4
+    assert too_wide(0.30, 0.71) == "too few samples: the 95% interval [0.30, 0.71] spans more than 0.4"
+    assert too_wide(0.30, 0.70) == "" and too_wide(np.nan, np.nan) == ""
+
+
+def test_an_auroc_with_a_wide_interval_is_nan_with_its_interval_kept():
+    rng = np.random.default_rng(3)
+    y = np.r_[np.ones(12), np.zeros(12)]
+    noisy = np.c_[y, y], np.c_[rng.normal(0, 1, 24), y + rng.normal(0, 0.3, 24)]     # noise; a clear signal
+    rows = {r["metric"]: r for r in auroc_rows(*noisy, ["noise", "signal"], n_boot=300, seed=0, confidence=0.95,
+                                               min_test=10)}
+    noise, signal = rows["auroc:noise"], rows["auroc:signal"]
+    assert np.isnan(noise["value"]) and noise["reason"].startswith("too few samples: the 95% interval")
+    assert noise["ci_high"] - noise["ci_low"] > 0.4           # kept: the reader sees why
+    assert signal["reason"] == "" and signal["value"] > 0.9 and signal["ci_high"] - signal["ci_low"] <= 0.4
+    assert np.isnan(rows["auroc"]["value"]) and rows["auroc"]["reason"]   # the mean inherits the verdict
 
 
 # ------------------------------------------------------------------------------------ AUROC rows
@@ -229,45 +246,44 @@ def test_auroc_rows_are_the_bootstrap_of_each_finding_and_their_mean():
 
 def test_auroc_rows_say_why_a_finding_is_not_scored_and_then_no_mean():
     rng = np.random.default_rng(1)
-    labels, scores = _findings(rng)
-    one_pos = labels[:, 0].copy()
-    labels = np.c_[labels, np.zeros(40), np.ones(40), one_pos, one_pos]
+    labels, scores = _findings(rng, n=80)
+    rare = np.zeros(80)
+    rare[:MIN_PER_CLASS - 1] = 1.0                               # one positive short of enough
+    labels = np.c_[labels, np.zeros(80), np.ones(80), labels[:, 0].copy(), rare]
     labels[5:, 4] = np.nan                                       # 5 definite labels left
-    labels[:, 5] = np.where(np.arange(40) < 14, labels[:, 5], 0.0)   # 7 positives, 33 negatives
-    labels[np.flatnonzero(labels[:, 5] == 1)[MIN_PER_CLASS - 1:], 5] = 0.0   # 4 positives
-    scores = np.c_[scores, rng.random((40, 4))]
+    scores = np.c_[scores, rng.random((80, 4))]
     names = ["A", "B", "none", "all", "few", "rare"]
     rows = auroc_rows(labels, scores, names, n_boot=50, seed=0, confidence=0.95, min_test=10,
                       reasons={"B": "no training label", "few": "k=5 exceeds the neighbours"})
     by = {r["metric"]: r for r in rows}
     assert np.isfinite(by["auroc:A"]["value"]) and by["auroc:A"]["reason"] == ""
-    assert _is_nan_row(by["auroc:B"], "no training label", 40)               # upstream reason first
-    assert _is_nan_row(by["auroc:none"], "one class only in the test set (AUROC undefined)", 40)
-    assert _is_nan_row(by["auroc:all"], "one class only in the test set (AUROC undefined)", 40)
+    assert _is_nan_row(by["auroc:B"], "no training label", 80)               # upstream reason first
+    assert _is_nan_row(by["auroc:none"], "one class only in the test set (AUROC undefined)", 80)
+    assert _is_nan_row(by["auroc:all"], "one class only in the test set (AUROC undefined)", 80)
     assert _is_nan_row(by["auroc:few"], "k=5 exceeds the neighbours", 5)
-    assert _is_nan_row(by["auroc:rare"], "too few samples: 4 positives among 40 test labels, "
-                                         "at least 5 of each class needed", 40)
-    assert _is_nan_row(by["auroc"], "mean undefined: ['B', 'none', 'all', 'few', 'rare'] not scored", 40)
+    assert _is_nan_row(by["auroc:rare"], "too few samples: 9 positives among 80 test labels, "
+                                         "at least 10 of each class needed", 80)
+    assert _is_nan_row(by["auroc"], "mean undefined: ['B', 'none', 'all', 'few', 'rare'] not scored", 80)
     # without the upstream reason, 5 definite labels are too few for min_test=10
     few = auroc_rows(labels[:, 4:5], scores[:, 4:5], ["few"], n_boot=50, seed=0, confidence=0.95, min_test=10)
     assert _is_nan_row(few[0], "too few samples: 5 test images with a definite label, at least 10 needed", 5)
-    assert _is_nan_row(few[1], "mean undefined: ['few'] not scored", 40)
-    # exactly min_test definite labels, 5 of each class: scored
-    ok = auroc_rows(labels[:10, :1], scores[:10, :1], ["A"], n_boot=50, seed=0, confidence=0.95, min_test=10)
-    assert ok[0]["reason"] == "" and np.isfinite(ok[0]["value"]) and ok[1]["n_test"] == 10
+    assert _is_nan_row(few[1], "mean undefined: ['few'] not scored", 80)
+    # exactly min_test definite labels, 10 of each class, cleanly ranked (a narrow interval): scored
+    ok = auroc_rows(labels[:20, :1], labels[:20, :1], ["A"], n_boot=50, seed=0, confidence=0.95, min_test=20)
+    assert ok[0]["reason"] == "" and ok[0]["value"] == 1.0 and ok[1]["n_test"] == 20
 
 
 # ------------------------------------------------------------------------------------ F1
 def test_f1_by_hand_threshold_is_strict_and_interval_reproducible():
-    y = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0, np.nan, -1])
-    s = np.array([0.9, 0.8, 0.7, 0.5, 0.1, 0.2, 0.6, 0.1, 0.0, 0.3, 0.9, 0.9])
+    y = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0] * 2 + [np.nan, -1])
+    s = np.array([0.9, 0.8, 0.7, 0.5, 0.1, 0.2, 0.6, 0.1, 0.0, 0.3] * 2 + [0.9, 0.9])
     labels, scores = np.c_[y, y], np.c_[s, s]
     rows = f1_rows(labels, scores, ["A", "B"], threshold=0.5, n_boot=300, seed=2, confidence=0.9, min_test=10)
-    # predicted positive: 0.9, 0.8, 0.7 (positives) and 0.6 (a negative); 0.5 is not above 0.5
-    # tp 3, predicted 4, true 6: F1 = 2 * 3 / (4 + 6)
+    # predicted positive: 0.9, 0.8, 0.7 (positives) and 0.6 (a negative), twice; 0.5 is not above 0.5
+    # tp 6, predicted 8, true 12: F1 = 2 * 6 / (8 + 12)
     assert [r["metric"] for r in rows] == ["f1:A", "f1:B"]
     for j, r in enumerate(rows):
-        assert r["value"] == pytest.approx(0.6) and r["n_test"] == 10 and r["reason"] == ""
+        assert r["value"] == pytest.approx(0.6) and r["n_test"] == 20 and r["reason"] == ""
         known = known_mask(y)
         yk, pk = y[known], s[known] > 0.5
 
@@ -275,25 +291,25 @@ def test_f1_by_hand_threshold_is_strict_and_interval_reproducible():
             tp, both = (pk[idx] & (yk[idx] == 1)).sum(), pk[idx].sum() + (yk[idx] == 1).sum()
             return 2 * tp / both if both else np.nan
 
-        assert (r["ci_low"], r["ci_high"]) == bootstrap_ci(f1, 10, 300, 2 + j, 0.9)
+        assert (r["ci_low"], r["ci_high"]) == bootstrap_ci(f1, 20, 300, 2 + j, 0.9)
         assert r["ci_low"] < 0.6 < r["ci_high"]
 
 
 def test_f1_rows_refuse_what_cannot_be_scored():
-    y = np.r_[np.ones(5), np.zeros(2)]                  # 5 positives, 2 negatives: F1 can be scored
-    y4 = np.r_[np.ones(4), np.zeros(3)]
-    labels = np.c_[y, np.zeros(7), y4, y]
-    scores = np.tile(np.linspace(0, 1, 7)[:, None], (1, 4))
+    y = np.r_[np.ones(10), np.zeros(4)]                # 10 positives, 4 negatives: F1 can be scored
+    y9 = np.r_[np.ones(9), np.zeros(5)]
+    labels = np.c_[y, np.zeros(14), y9, y]
+    scores = np.tile(np.linspace(0, 1, 14)[:, None], (1, 4))
     rows = f1_rows(labels, scores, ["A", "none", "rare", "skip"], threshold=0.5, n_boot=50, seed=0,
                    confidence=0.95, min_test=7, reasons={"skip": "not trained"})
     by = {r["metric"]: r for r in rows}
     assert by["f1:A"]["reason"] == "" and np.isfinite(by["f1:A"]["value"])
-    assert _is_nan_row(by["f1:none"], "no positive in the test set (F1 undefined)", 7)
-    assert _is_nan_row(by["f1:rare"], "too few samples: 4 positives among 7 test labels, "
-                                      "at least 5 of each class needed", 7)
-    assert _is_nan_row(by["f1:skip"], "not trained", 7)
+    assert _is_nan_row(by["f1:none"], "no positive in the test set (F1 undefined)", 14)
+    assert _is_nan_row(by["f1:rare"], "too few samples: 9 positives among 14 test labels, "
+                                      "at least 10 of each class needed", 14)
+    assert _is_nan_row(by["f1:skip"], "not trained", 14)
     # resamples holding neither a positive nor a predicted positive leave F1 undefined: skipped, not an error
-    rare = np.r_[np.ones(5), np.zeros(30)]
+    rare = np.r_[np.ones(10), np.zeros(30)]
     sparse = f1_rows(rare[:, None], rare[:, None], ["A"], threshold=0.5, n_boot=2000, seed=0, confidence=0.95,
                      min_test=7)[0]
     assert sparse["value"] == 1.0 and (sparse["ci_low"], sparse["ci_high"]) == (1.0, 1.0)

@@ -188,12 +188,14 @@ def test_the_judged_tasks_use_only_labels_the_data_can_score():
     assert pneumonia_labels(rows)["Pneumonia"].tolist()[:4] == [1, 0, pytest.approx(nan, nan_ok=True), 0]
     assert pneumonia_labels(rows)["Pneumonia"].iloc[4] == -1
 
-    train = pd.DataFrame({"A": [1, 0] * 10, "B": [0] * 20, "C": [1, 0] * 10, "D": [1] * 20})
-    test = pd.DataFrame({"A": [1, 0] * 6, "B": [1, 0] * 6, "C": [1, 0, nan, nan] * 3, "D": [1] * 12})
-    kept, dropped = scorable_findings(train, test, ["A", "B", "C", "D", "E"], min_test=10)
+    train = pd.DataFrame({"A": [1, 0] * 10, "B": [0] * 20, "C": [1, 0] * 10, "D": [1] * 20, "F": [1, 0] * 10})
+    test = pd.DataFrame({"A": [1, 0] * 10, "B": [1, 0] * 10, "C": [1, 0, nan, nan] * 3 + [nan] * 8, "D": [1] * 20,
+                         "F": [1] * 9 + [0] * 11})
+    kept, dropped = scorable_findings(train, test, ["A", "B", "C", "D", "E", "F"], min_test=10)
     assert kept == ["A"]
     assert dropped["B"] == "no positive training label"
     assert dropped["C"].startswith("too few samples: 6 definite")
+    assert "9 positives" in dropped["F"]             # one short of the 10 each class needs
     assert dropped["D"].startswith("one class only") and "not a column" in dropped["E"]
 
     nothing = pd.DataFrame({"source": ["none"], "task": ["lungs"], "protocol": ["linear"], "fraction": [1.0],

@@ -148,29 +148,29 @@ def test_the_frechet_statistic_of_all_studies_is_the_frechet_distance():
     assert statistic(np.arange(10)) == pytest.approx(frechet(real, generated[:10])["fd"])
 
 
-def test_finding_auroc_ranks_by_the_reading_on_findings_with_five_studies_of_each_class():
+def test_finding_auroc_ranks_by_the_reading_on_findings_with_ten_studies_of_each_class():
     names = ["A", "B", "C", "D"]
-    truth = np.zeros((12, 4))
-    truth[:6, 0] = 1                   # A: 6 present, 6 absent
-    truth[:4, 1] = 1                   # B: 4 present: too few to rank
-    truth[6:, 2] = 1                   # C: 6 and 6, but the judge does not read it
-    truth[:6, 3], truth[6, 3] = 1, np.nan   # D: 6 and 5 known, one uncertain
-    scores = np.zeros((12, 4))
-    scores[:, 0] = np.r_[[0.9] * 5 + [0.2], [0.1] * 5 + [0.3]]      # one positive ranked below one negative
+    truth = np.zeros((24, 4))
+    truth[:12, 0] = 1                  # A: 12 present, 12 absent
+    truth[:9, 1] = 1                   # B: 9 present: too few to rank
+    truth[12:, 2] = 1                  # C: 12 and 12, but the judge does not read it
+    truth[:12, 3], truth[12, 3] = 1, np.nan   # D: 12 and 11 known, one uncertain
+    scores = np.zeros((24, 4))
+    scores[:, 0] = np.r_[[0.9] * 11 + [0.2], [0.1] * 11 + [0.3]]    # one positive ranked below one negative
     scores[:, 2] = np.nan
-    scores[:, 3] = [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]             # a report: stated or not
+    scores[:, 3] = [1] * 6 + [0] * 18                               # a report: stated or not
     out = finding_auroc(scores, truth, names)
     assert out["findings"] == ["A", "D"] and out["reason"] == ""
-    auroc_a = (36 - 1) / 36
-    auroc_d = (3 / 6 + 5 / 5) / 2                                   # binary: mean of sensitivity and specificity
+    auroc_a = (144 - 1) / 144
+    auroc_d = (6 / 12 + 11 / 11) / 2                                # binary: mean of sensitivity and specificity
     assert out["auroc"] == pytest.approx((auroc_a + auroc_d) / 2)
     # a resample: the same findings, scored on its studies; one holding a single class scores nothing
-    assert math.isnan(auroc_over(scores, truth, [0])(np.arange(6)))
-    assert auroc_over(scores, truth, [0, 3])(np.r_[0:6, 7:12]) == pytest.approx((29 / 30 + 0.75) / 2)
-    assert out["n"] == 12 and set(out) == {"n", "auroc", "findings", "reason"}
+    assert math.isnan(auroc_over(scores, truth, [0])(np.arange(12)))
+    assert auroc_over(scores, truth, [0, 3])(np.r_[0:12, 13:24]) == pytest.approx((131 / 132 + 0.75) / 2)
+    assert out["n"] == 24 and set(out) == {"n", "auroc", "findings", "reason"}
     assert finding_auroc(scores.astype(np.float32), truth, names)["auroc"] == pytest.approx(out["auroc"])
-    none = finding_auroc(scores[:8], truth[:8], names)
-    assert math.isnan(none["auroc"]) and none["reason"].startswith("too few samples") and none["n"] == 8
+    none = finding_auroc(scores[:16], truth[:16], names)                # 12 present, 4 (or 3) absent
+    assert math.isnan(none["auroc"]) and none["reason"].startswith("too few samples") and none["n"] == 16
     assert none["findings"] == [] and set(none) == set(out)
     empty = finding_auroc(np.zeros((0, 4)), np.zeros((0, 4)), names)
     assert empty["n"] == 0 and math.isnan(empty["auroc"]) and "among 0" in empty["reason"]

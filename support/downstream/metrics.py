@@ -2,7 +2,8 @@
 
 Each scorer returns rows ``{"metric", "value", "ci_low", "ci_high", "n_test", "reason"}``. A
 metric that cannot be measured on what it was given (one class, too few samples, no annotation)
-is NaN with the reason, never a number that only looks like a result.
+is NaN with the reason, never a number that only looks like a result; so is an AUROC whose 95%
+interval spans more than :data:`MAX_AUROC_CI_WIDTH` (its interval is kept, to show why).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from .auroc import bootstrap_auroc, known_mask, per_finding_auroc
 # The MGCA detection protocol: mAP averaged over IoU 0.40, 0.45, ..., 0.75.
 MGCA_IOU_THRESHOLDS = tuple(round(0.40 + 0.05 * i, 2) for i in range(8))
 NAN = float("nan")
-# AUROC and F1 rank or count the rarer class: with fewer cases of it than this, one case moves the
-# value by more than a tenth (three positives give intervals like [0.03, 0.58]): not a result.
-MIN_PER_CLASS = 5
+# AUROC and F1 rank or count the rarer class: with fewer cases of it than this, a few cases move
+# the value by tenths (three positives give intervals like [0.03, 0.58]): not a result.
+MIN_PER_CLASS = 10
+# An AUROC whose 95% interval is wider than this says little more than "somewhere above chance".
+MAX_AUROC_CI_WIDTH = 0.4
 
 
 def row(metric: str, value: float = NAN, ci: tuple[float, float] = (NAN, NAN), n_test: int = 0,
@@ -40,6 +43,13 @@ def too_few_of_a_class(y: np.ndarray, negatives: bool = True) -> str:
     short = {what: n for what, n in counts.items() if n < MIN_PER_CLASS}
     return "" if not short else ("too few samples: " + " and ".join(f"{n} {what}" for what, n in short.items())
                                  + f" among {y.size} test labels, at least {MIN_PER_CLASS} of each class needed")
+
+
+def too_wide(ci_low: float, ci_high: float, limit: float = MAX_AUROC_CI_WIDTH) -> str:
+    """The reason a value whose interval spans more than ``limit`` is not a result (empty when it is)."""
+    if np.isfinite(ci_low) and np.isfinite(ci_high) and ci_high - ci_low > limit:
+        return f"too few samples: the 95% interval [{ci_low:.2f}, {ci_high:.2f}] spans more than {limit:g}"
+    return ""
 
 
 def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, n_boot: int = 1000, seed: int = 0,
@@ -78,7 +88,8 @@ def auroc_rows(labels: np.ndarray, scores: np.ndarray, names: Sequence[str], *, 
             rows.append(row(f"auroc:{name}", n_test=y.size, reason=reason))
             continue
         ci = bootstrap_auroc(labels[:, j], scores[:, j], n_boot=n_boot, seed=seed + j, confidence=confidence)
-        rows.append(row(f"auroc:{name}", ci["auroc"], (ci["ci_low"], ci["ci_high"]), ci["n"]))
+        interval, wide = (ci["ci_low"], ci["ci_high"]), too_wide(ci["ci_low"], ci["ci_high"])
+        rows.append(row(f"auroc:{name}", NAN if wide else ci["auroc"], interval, ci["n"], wide))
     left_out = [name for name, r in zip(names, rows) if r["reason"]]
     if left_out:
         rows.append(row("auroc", n_test=len(labels), reason=f"mean undefined: {left_out} not scored"))
@@ -88,7 +99,9 @@ def auroc_rows(labels: np.ndarray, scores: np.ndarray, names: Sequence[str], *, 
         return float(np.mean(list(per_finding_auroc(labels[idx], scores[idx], names).values())))
 
     value = float(np.mean([r["value"] for r in rows]))
-    rows.append(row("auroc", value, bootstrap_ci(mean_auroc, len(labels), n_boot, seed, confidence), len(labels)))
+    interval = bootstrap_ci(mean_auroc, len(labels), n_boot, seed, confidence)
+    wide = too_wide(*interval)
+    rows.append(row("auroc", NAN if wide else value, interval, len(labels), wide))
     return rows
 
 

@@ -24,7 +24,7 @@ import torch
 
 from support.downstream.auroc import bootstrap_auroc, known_mask
 from support.downstream.data import patient_ids
-from support.downstream.metrics import too_few
+from support.downstream.metrics import too_few, too_few_of_a_class, too_wide
 from support.downstream.subsets import patient_subset, stratified_subset
 from support.params import Check, Checked
 from support.downstream.tasks import MultiLabelClassification, train_head
@@ -137,11 +137,15 @@ def utility_study(real_train, synthetic, real_test, config: UtilityConfig | None
             known = known_mask(y[:, j])
             if not known.any():
                 continue  # the test split says nothing about this finding
-            reason = too_few(int(known.sum()), config.min_test, "test images with a definite label")
+            definite = y[known, j]
+            reason = (too_few(int(known.sum()), config.min_test, "test images with a definite label")
+                      or ("one class only in the test set (AUROC undefined)" if definite.min() == definite.max() else "")
+                      or too_few_of_a_class(definite))
             ci = ({"auroc": np.nan, "ci_low": np.nan, "ci_high": np.nan} if reason else
                   bootstrap_auroc(y[:, j], p[:, j], n_boot=config.n_boot, seed=config.seed + j))
-            if not reason and np.isnan(ci["auroc"]):
-                reason = "one class only in the test set (AUROC undefined)"
+            if not reason:
+                reason = too_wide(ci["ci_low"], ci["ci_high"])
+                ci["auroc"] = np.nan if reason else ci["auroc"]
             rows.append({"regime": regime, "fraction": fraction, "n_real": n_real, "n_synthetic": n_synth,
                          "finding": name, "auroc": ci["auroc"], "ci_low": ci["ci_low"],
                          "ci_high": ci["ci_high"], "n_test": int(known.sum()), "n_pos": int((y[known, j] == 1).sum()),
