@@ -109,8 +109,14 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     assert lora["updates"] == 4 and 0 < lora["trainable_share_unet"] < 0.2
     assert (Path(lora["lora_weights"]) / "pytorch_lora_weights.safetensors").is_file()
     assert lora["mean_abs_change"] > 0 and lora["before_after_prompts"] == 4
-    assert set(lora["positive_rate_requested"]) == {f"{s}:{f}" for s in ("before", "after")
-                                                    for f in ("Pleural Effusion", "No Finding")}
+    sets = ("base", "base+LoRA", "full fine-tune", "real")
+    assert set(lora["positive_rate_requested"]) == {f"{s}:{f}" for s in sets for f in ("Pleural Effusion", "No Finding")}
+    # LoRA trains a sliver of what the full fine-tune trains; both are measured against the target
+    lora_row, full_row = lora["methods"]
+    assert lora_row["method"] == "LoRA" and full_row["method"] == "full fine-tune"
+    assert 0 < lora_row["trainable_parameters"] < full_row["trainable_parameters"]
+    assert full_row["trainable_share_unet"] == 1.0
+    assert set(lora["fd_to_target"]) == {"base", "base+LoRA", "full fine-tune", "real (train)"}
     # 04: the report-conditioned set, with the prompt and requested labels of each image
     sampling = json.loads((root / "metrics" / "04_sampling.json").read_text())
     t2i_root = Path(sampling["t2i_set"])

@@ -1,5 +1,5 @@
-"""T2I-LoRA on the phantom, end to end: the default base model pretrained on view-only captions,
-LoRA on report captions, a synthetic dataset written with prompts, reports and requested labels,
+"""T2I-LoRA on the phantom, end to end: the default base model pretrained on full captions of the
+images in its source domain, LoRA (and a full fine-tune) on report captions of the target images, a synthetic dataset written with prompts, reports and requested labels,
 and the before/after finding rates measured with the reference classifier."""
 
 import json
@@ -21,7 +21,7 @@ from support.t2i.base_model import BASE_INFO_JSON, load_pipeline, pretrain_base_
 from support.t2i.captions import fit_caption
 from support.t2i.config import PromptConfig, t2i_config, t2i_sampling_config
 from support.t2i.data import CaptionedImages
-from support.t2i.evaluate import before_after, finding_rates, reference_classifier
+from support.t2i.evaluate import before_after, domain_gap, finding_rates, reference_classifier, sample_models
 from support.t2i.sampling import plan_for_findings, plan_from_reports, sample_to_dataset
 from support.t2i.train import lora_training_set, train_lora
 
@@ -45,7 +45,7 @@ def trained(records, tmp_path_factory):
     return base, root / "lora" / "lora", history
 
 
-def test_default_base_model_is_a_stable_diffusion_folder_pretrained_on_view_captions(records, trained):
+def test_default_base_model_is_a_stable_diffusion_folder(records, trained):
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -161,7 +161,8 @@ def test_before_after_images_and_finding_rates(records, trained, tmp_path, monke
     row = rates[(rates["set"] == "after") & (rates["finding"] == "Pleural Effusion")].iloc[0]
     assert row["positive_rate_requested"] == pytest.approx(float((scores[:2, j] > 0.5).mean()))
     assert row["mean_score_not_requested"] == pytest.approx(float(scores[2:, j].mean()), rel=1e-5)
-    assert 0.0 <= row["auroc"] <= 1.0
+    # two images of each kind rank nothing: no AUROC, and the reason
+    assert np.isnan(row["auroc"]) and row["note"].startswith("too few samples: 2 positives and 2 negatives")
 
     # 06_evaluation asks for the same classifier (same records, config, cache): loaded, not retrained
     from support.eval import reference_encoder as ref
@@ -198,3 +199,93 @@ def test_notebook_figures_and_summary(trained):
     assert len(fig.axes) == 2 and heights == [0.1, 0.1, 0.2, 0.6]
     with pytest.raises(KeyError, match="positive_rate_not_requested"):
         plot_finding_rates(rates.drop(columns="positive_rate_not_requested"))
+
+
+class _ScoreByBrightness:
+    """A classifier whose "Pleural Effusion" score is the image's mean brightness."""
+
+    label_names = ["Pleural Effusion"]
+
+    def predict_proba(self, images):
+        return images.float().mean(dim=(1, 2, 3))[:, None]
+
+
+def test_finding_rates_auroc_with_enough_images_of_each_kind():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    asked = np.array([1] * 6 + [0] * 6)
+    images = np.clip(rng.uniform(0.2, 0.6, 12)[:, None, None] + 0.2 * asked[:, None, None], 0, 1) * np.ones((12, 8, 8))
+    plan = pd.DataFrame({"Pleural Effusion": asked.astype(float)})
+    rates = finding_rates(_ScoreByBrightness(), {"s": images.astype(np.float32)}, plan)
+    row = rates.iloc[0]
+    assert row["note"] == "" and row["auroc"] == pytest.approx(roc_auc_score(asked, images.mean(axis=(1, 2))))
+    assert row["auroc"] < 1.0       # the draw overlaps: a real ranking, not a constant
+
+
+def test_domain_gap_is_zero_for_the_real_images_and_grows_with_a_shift():
+    class Identity:
+        name = "pixels"
+
+        def embed(self, images):
+            return torch.nn.functional.avg_pool2d(images, 4).flatten(1)
+
+    rng = np.random.default_rng(1)
+    real = rng.uniform(0, 1, (40, 8, 8)).astype(np.float32)
+    gap = domain_gap(Identity(), real, {"same": real, "near": np.clip(real + 0.05, 0, 1),
+                                        "far": np.clip(real + 0.3, 0, 1)})
+    assert gap["same"] == pytest.approx(0.0, abs=1e-6) and 0 < gap["near"] < gap["far"]
+
+
+def test_base_model_pretrains_its_denoiser_on_full_captions_in_the_source_domain(records, tmp_path, monkeypatch):
+    """The autoencoder sees both renderings; the UNet and text encoder only the source domain,
+    with the reports' findings in the captions."""
+    from support.core import trainer
+    from support.t2i.domain import SourceDomain
+
+    seen = {}
+
+    def capture(task, config, output_dir, *a, **k):   # records what each stage trains on; trains nothing
+        seen[task.name] = task.train_set
+        return {"loss": []}
+
+    monkeypatch.setattr(trainer, "fit", capture)
+    pretrain_base_model(records, tmp_path / "base", CONFIG.base, progress=False)
+    target = CaptionedImages(records, CONFIG.base.resolution, views=CONFIG.base.views, random_crop=False)
+    both = seen["base-vae"]
+    assert len(both) == 2 * len(target)
+    assert torch.equal(both[len(target)]["pixel_values"], target[0]["pixel_values"])     # the target rendering...
+    assert not torch.allclose(both[0]["pixel_values"], target[0]["pixel_values"])       # ...and the source one
+    ldm_set = seen["base-ldm"]
+    domain = CONFIG.base.domain
+    assert isinstance(domain, SourceDomain) and not domain.is_identity()
+    i = next(i for i, c in enumerate(ldm_set.captions) if "effusion" in c.lower())
+    assert ldm_set.captions[i] == target.captions[i] and "view_position = " in ldm_set.captions[i]
+    source_px = (ldm_set[i]["pixel_values"][0].numpy() + 1) / 2
+    target_px = (target[i]["pixel_values"][0].numpy() + 1) / 2
+    assert source_px.min() >= domain.black - 1e-3 > target_px.min()      # air is grey in the source
+    assert np.abs(source_px - target_px).mean() > 0.05
+
+
+def test_full_finetune_trains_every_unet_weight_and_its_unet_loads_into_the_pipeline(records, trained, tmp_path):
+    from support.t2i.figures import method_table, training_summary
+    from support.t2i.train import FULL_DIR, launch_lora_training
+
+    base, lora, lora_history = trained
+    history = launch_lora_training(CONFIG, base, lora_training_set(records, CONFIG, base), tmp_path / "full",
+                                   full_finetune=True)
+    assert history["trainable"]["unet"]["share"] == 1.0 and history["trainable"]["text_encoder"]["trainable"] == 0
+    table = method_table({"LoRA": training_summary(lora_history), "full": training_summary(history)})
+    assert list(table["method"]) == ["LoRA", "full"] and table["speed_vs_first"].iloc[0] == 1.0
+    assert table["trainable_parameters"].iloc[0] < table["trainable_parameters"].iloc[1]
+    prompts = ["view_position = PA. modality = CR. Large right pleural effusion."] * 2
+    images = sample_models(base, {"base": {}, "lora": {"lora": lora}, "full": {"unet": tmp_path / "full" / FULL_DIR}},
+                           prompts, cfg=SAMPLING, progress=False)
+    assert images["full"].shape == images["base"].shape == (2, 32, 32)
+    assert not np.array_equal(images["full"], images["base"]) and not np.array_equal(images["full"], images["lora"])
+    pair = before_after(base, lora, prompts, cfg=SAMPLING, progress=False)
+    np.testing.assert_array_equal(pair["before"], images["base"])    # the same seeds give the same images
+    with pytest.raises(ValueError, match="expected"):
+        sample_models(base, {"both": {"lora": lora, "unet": tmp_path}}, prompts, cfg=SAMPLING, progress=False)
+    with pytest.raises(FileNotFoundError, match="not a diffusers UNet folder"):
+        load_pipeline(base, device="cpu", dtype="fp32", unet=tmp_path)

@@ -1,13 +1,15 @@
 """The base text-to-image model: Stable Diffusion 2.1-base from a local folder, or a small LDM of
-the same classes pretrained here on radiographs captioned with their view only.
+the same classes pretrained here on captioned radiographs of another domain.
 
 Both are ``StableDiffusionPipeline`` folders (safetensors) and are loaded, fine-tuned and
 sampled by the same code. The small model has an ``AutoencoderKL`` (grayscale in and out), a
 ``UNet2DConditionModel`` with cross-attention, a ``CLIPTextModel`` and a ``CLIPTokenizer`` whose
 BPE is trained on the report corpus, and SD's noise schedule (scaled-linear betas
-0.00085-0.012, epsilon prediction, PNDM for sampling). Pretrained on view-only captions
-("view_position = PA. modality = CR."), it knows what a radiograph looks like and nothing about
-findings, as SD knows images and nothing about reports.
+0.00085-0.012, epsilon prediction, PNDM for sampling). Its denoiser is pretrained on full
+captions (findings included) of the training images rendered in a source domain
+(:mod:`support.t2i.domain`: another detector response and contrast curve), so it reads findings
+as SD reads text, while the target radiographs' look is new to it: what LoRA then adapts, as it
+adapts SD to radiographs.
 
 The SD 2.1-base configurations are written out below (no download) so that its architecture can
 be built with random weights for speed and memory measurements.
@@ -149,6 +151,16 @@ def save_pipeline(pipe, path: str | os.PathLike) -> Path:
     return path
 
 
+def save_unet(unet, path: str | os.PathLike) -> Path:
+    """A fine-tuned UNet as a diffusers folder (safetensors), swapped in whole."""
+    from support.io import atomic_directory
+
+    path = Path(path)
+    with atomic_directory(path) as tmp:
+        unet.save_pretrained(tmp, safe_serialization=True)
+    return path
+
+
 def check_pipeline_dir(path: str | os.PathLike, what: str = "base_model") -> Path:
     """``path`` as a diffusers Stable Diffusion folder, or an error saying what is missing."""
     path = Path(path).expanduser()
@@ -163,21 +175,30 @@ def check_pipeline_dir(path: str | os.PathLike, what: str = "base_model") -> Pat
     return path
 
 
-def load_pipeline(path: str | os.PathLike, device: str = "auto", dtype: str = "auto"):
+def load_pipeline(path: str | os.PathLike, device: str = "auto", dtype: str = "auto",
+                  unet: str | os.PathLike | None = None):
     """A saved ``StableDiffusionPipeline`` on ``device`` in ``dtype`` (``support.devices`` rule).
 
     Offline only; no safety checker (it would black out radiographs it cannot judge). Weights are
     read from ``.safetensors`` where the folder has them, else from ``.bin`` files, which diffusers
-    opens with ``torch.load(weights_only=True)``: tensors only, no pickled code.
+    opens with ``torch.load(weights_only=True)``: tensors only, no pickled code. ``unet``: a
+    fine-tuned UNet folder (:func:`save_unet`) in place of the pipeline's own.
     """
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     from support.devices import pick_device, pick_dtype
 
     path = check_pipeline_dir(path)
     dev = pick_device(device)
+    extra = {}
+    if unet is not None:
+        if not (Path(unet) / "config.json").is_file():
+            raise FileNotFoundError(f"unet {unet}: not a diffusers UNet folder (config.json missing)")
+        extra["unet"] = UNet2DConditionModel.from_pretrained(unet, local_files_only=True)
     pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=pick_dtype(dev, dtype), safety_checker=None,
-                                                   feature_extractor=None, requires_safety_checker=False)
+                                                   feature_extractor=None, requires_safety_checker=False, **extra)
+    if extra:
+        pipe.unet.to(pipe.vae.dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)
 
@@ -293,7 +314,8 @@ def pretrain_base_model(records: pd.DataFrame, output_dir: str | os.PathLike, co
     """Pretrain the small base model on the training split; return its pipeline folder.
 
     Two runs of the shared trainer (resumable, checkpointed under ``output_dir/training/<key>/``):
-    the autoencoder, then the UNet and text encoder on view captions. Writes
+    the autoencoder on the images of both domains, then the UNet and text encoder on the
+    source-domain images with their full captions. Writes
     ``output_dir/pipeline/`` (a ``StableDiffusionPipeline``) and then ``output_dir/base_model.json``
     (config, data fingerprint, losses). A folder already holding a model of the same config and
     data is reused as it is. Under ``accelerate launch`` every process takes part.
@@ -307,7 +329,8 @@ def pretrain_base_model(records: pd.DataFrame, output_dir: str | os.PathLike, co
     config = config.validate()
     out = Path(output_dir).expanduser().resolve()
     data = CaptionedImages(records, config.resolution, channels=1, template=config.caption_template,
-                           views=config.views, splits=("train",), random_crop=False)
+                           text_source=config.text_source, views=config.views, splits=("train",),
+                           random_crop=False, domain=config.domain)
     if len(data) < 2:
         raise ValueError(f"base model pretraining: {len(data)} training image(s) of views {list(config.views)}; "
                          f"need at least 2 ({data.summary})")
@@ -319,14 +342,19 @@ def pretrain_base_model(records: pd.DataFrame, output_dir: str | os.PathLike, co
                 and (out / PIPELINE_DIR / "model_index.json").is_file():
             return out / PIPELINE_DIR
 
-    # The tokenizer learns the report vocabulary; the model sees only the view captions.
     corpus = [record_caption(r, DEFAULT_TEMPLATE) for r in data.records.to_dict("records")]
     tokenizer = train_caption_tokenizer(corpus, config.text.vocab_size, config.text.max_length)
     pipe = build_small_pipeline(config, tokenizer, seed=config.vae_training.seed)
     key = {"base": to_dict(config), "data_fingerprint": fingerprint}
     runs = out / "training" / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
-    vae_history = trainer.fit(AutoencoderTask(pipe, data, config.vae_training, key), config.vae_training,
+    # The autoencoder is a general image model (SD's saw billions of images, radiographs among
+    # them): it learns both renderings, so LoRA's target images have faithful latents.
+    target = CaptionedImages(records, config.resolution, channels=1, views=config.views, splits=("train",),
+                             random_crop=False)
+    both = torch.utils.data.ConcatDataset([data, target]) if config.domain is not None \
+        and not config.domain.is_identity() else data
+    vae_history = trainer.fit(AutoencoderTask(pipe, both, config.vae_training, key), config.vae_training,
                               runs / "vae", progress=progress)
     pipe.vae.eval().requires_grad_(False)
     scaling = latent_scaling(pipe.vae, data)

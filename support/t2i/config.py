@@ -1,11 +1,12 @@
-"""Typed parameters of the text-to-image LoRA stage and its profiles (``test``, ``quick``, ``full``).
+"""Typed parameters of the text-to-image LoRA stage and its profiles (``test``, ``quick``, ``study``,
+``full``).
 
 ``full`` is the published configuration of "This X-Ray Does Not Exist" (reference.md §1): LoRA
 rank 4 (scale 1) on every UNet attention projection of Stable Diffusion 2.1-base, 512 px, batch
 5, 10 epochs, AdamW lr 1e-4 constant, weight decay 1e-2, grad clip 1, fp16, seed 42, a
-checkpoint every 1,000 steps; sampling with PNDM, 75 steps, guidance 4. ``quick`` and ``test``
-run the same code on a small latent diffusion model of the same classes (``BaseModelConfig``),
-pretrained on the phantom with captions that name only the view.
+checkpoint every 1,000 steps; sampling with PNDM, 75 steps, guidance 4. ``test``, ``quick`` and
+``study`` run the same code on a small latent diffusion model of the same classes
+(``BaseModelConfig``), pretrained on full captions of the phantom rendered in another domain.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Iterable, Literal
 
 from support.core.config import LoopConfig, profile_reader
 from support.core.sample_writer import SampleConfig
+from support.t2i.domain import SourceDomain
 from support.params import Check, Checked, ParameterError
 
 SamplerName = Literal["pndm", "ddim", "dpmsolver++"]
@@ -23,7 +25,6 @@ TextSource = Literal["findings", "impression", "findings+impression", "impressio
 
 # The caption form of the original prompts; ``{view}`` and ``{text}`` are filled per study.
 DEFAULT_TEMPLATE = "view_position = {view}. modality = CR. {text}"
-VIEW_TEMPLATE = "view_position = {view}. modality = CR."
 
 DEFAULT_VALIDATION_PROMPTS: tuple[str, ...] = (
     "view_position = PA. modality = CR. The lungs are clear. No pleural effusion or pneumothorax. "
@@ -123,13 +124,17 @@ class LDMTrainConfig(LoopConfig):
 @dataclass
 class BaseModelConfig(Checked):
     """The small text-to-image LDM used when no ``base_model`` folder is given: the autoencoder is
-    pretrained first (``vae_training``), then the UNet and text encoder (``ldm_training``)."""
+    pretrained first (``vae_training``, on the images of both domains, as SD's autoencoder is a
+    general one), then the UNet and text encoder (``ldm_training``) on full captions of the
+    images rendered in the source ``domain``: it reads findings, and the target's look is new."""
 
     title = "base model parameters"
 
     resolution: int = 64
     views: tuple[str, ...] = ("PA", "AP")
-    caption_template: str = VIEW_TEMPLATE   # names only the view: the base model learns no findings
+    caption_template: str = DEFAULT_TEMPLATE   # findings included: the base model reads them, as SD reads text
+    text_source: TextSource = "findings+impression"
+    domain: SourceDomain = field(default_factory=SourceDomain)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     unet: CondUNetConfig = field(default_factory=CondUNetConfig)
@@ -309,6 +314,20 @@ _QUICK = T2IConfig(
     base=BaseModelConfig(resolution=64),
 )
 
+# The study profile: the quick sizes, cross-attention at every UNet level (the innermost alone did
+# not learn findings in 1,500 updates) and a base pretrained long enough to read them (2,000
+# updates of 16: about 14 minutes on 2 cores), so that what LoRA does can show.
+_STUDY = T2IConfig(
+    lora=LoraParams(rank=4, alpha=4.0),
+    train=LoraTrainConfig(resolution=None, batch_size=8, max_steps=320, epochs=None, learning_rate=1e-3,
+                          weight_decay=1e-2, mixed_precision="auto", seed=42, log_every=10, checkpoint_every=100,
+                          checkpoints_total_limit=2, validation_steps=25, sample_every_epochs=4),
+    base=BaseModelConfig(
+        resolution=64, unet=CondUNetConfig(cross_attention_levels=(0, 1)),
+        vae_training=VAETrainConfig(max_steps=400, batch_size=16, checkpoint_every=200),
+        ldm_training=LDMTrainConfig(max_steps=2000, batch_size=16, checkpoint_every=500)),
+)
+
 _TEST = T2IConfig(
     lora=LoraParams(rank=4, alpha=8.0),
     train=LoraTrainConfig(resolution=None, batch_size=2, max_steps=4, learning_rate=1e-2, weight_decay=1e-2,
@@ -325,17 +344,20 @@ _TEST = T2IConfig(
         ldm_training=LDMTrainConfig(max_steps=6, batch_size=4, mixed_precision="no", cpu=True)),
 )
 
-PROFILES: dict[str, T2IConfig] = {"test": _TEST, "quick": _QUICK, "full": _FULL}
+PROFILES: dict[str, T2IConfig] = {"test": _TEST, "quick": _QUICK, "study": _STUDY, "full": _FULL}
 
 SAMPLING_PROFILES: dict[str, T2ISamplingConfig] = {
     "test": T2ISamplingConfig(sampler="ddim", steps=3, batch_size=2, device="cpu", dtype="fp32"),
     "quick": T2ISamplingConfig(sampler="pndm", steps=25, batch_size=16),
+    "study": T2ISamplingConfig(sampler="pndm", steps=25, batch_size=16),
     "full": T2ISamplingConfig(sampler="pndm", steps=75, guidance_scale=4.0, batch_size=8),
 }
 
 PROMPT_PROFILES: dict[str, PromptConfig] = {
     "test": PromptConfig(source="reports", num_prompts=4),
     "quick": PromptConfig(source="findings", finding_mix={"Pleural Effusion": 32, "No Finding": 32}),
+    "study": PromptConfig(source="findings", finding_mix={"Pleural Effusion": 32, "Cardiomegaly": 32,
+                                                          "No Finding": 32}),
     "full": PromptConfig(source="reports", num_prompts=1000),
 }
 

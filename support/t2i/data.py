@@ -4,7 +4,8 @@ Each item is ``{"pixel_values": (C, R, R) float in [-1, 1], "caption": str, ...i
 is resized so its short side is ``R`` and cropped to a square: at random (the original's
 augmentation) or in the centre; never flipped, which would put the heart on the right. A random
 crop is a pure function of (seed, epoch, item), so a resumed run sees the crops of an
-uninterrupted one. Unreadable images are skipped and counted as in every record dataset.
+uninterrupted one. ``domain`` (a :class:`support.t2i.domain.SourceDomain`) renders each image in
+the base model's source domain. Unreadable images are skipped and counted as in every record dataset.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ class CaptionedImages(ImageDataset):
     def __init__(self, records: pd.DataFrame, resolution: int, *, channels: int = 1,
                  template: str = DEFAULT_TEMPLATE, text_source: str = "findings+impression",
                  views: Sequence[str] | None = ("PA", "AP"), splits: Sequence[str] | None = ("train",),
-                 random_crop: bool = True, seed: int = 0, strict: bool = False):
+                 random_crop: bool = True, seed: int = 0, strict: bool = False, domain=None):
         check_template(template, "CaptionedImages template")
+        self.domain = domain if domain is not None and not domain.is_identity() else None
         self.template, self.text_source = template, text_source
         self.splits = tuple(splits) if splits else None
         self.random_crop, self.seed, self.epoch = bool(random_crop), int(seed), 0
@@ -56,6 +58,8 @@ class CaptionedImages(ImageDataset):
     def _item(self, i: int) -> dict[str, Any]:
         rec = self.records.iloc[i]
         arr = self._read(rec["path"])
+        if self.domain is not None:     # the base model's source domain (support.t2i.domain)
+            arr = self.domain(arr)
         size = self.options.size
         fit = square_fit(*arr.shape, size, "crop")
         if self.random_crop and (fit.new_w > size or fit.new_h > size):

@@ -22,6 +22,38 @@ from support.data.schema import PHANTOM_FINDINGS
 from support.t2i.config import T2ISamplingConfig
 
 
+def sample_models(base_model: str | os.PathLike, models: Mapping[str, Mapping[str, Any]], prompts: Sequence[str],
+                  seeds: Sequence[int] | None = None, cfg: T2ISamplingConfig | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """Images of the same prompts and seeds from each model: ``{name: {}}`` is the base itself,
+    ``{name: {"lora": folder}}`` the base with LoRA weights, ``{name: {"unet": folder}}`` the base
+    with a fine-tuned UNet (:class:`support.t2i.train.FullFinetuneTask`).
+
+    Returns ``{name: (N, H, W) floats in [0, 1], "prompts": ..., "seeds": ...}`` (seed
+    ``cfg.base_seed + i`` when ``seeds`` is None).
+    """
+    from support.t2i.base_model import load_pipeline
+    from support.t2i.lora import load_lora
+    from support.t2i.sampling import generate_images
+
+    cfg = (cfg or T2ISamplingConfig()).validate()
+    prompts = [str(p) for p in prompts]
+    seeds = list(seeds) if seeds is not None else [cfg.base_seed + i for i in range(len(prompts))]
+    kwargs = dict(steps=cfg.steps, guidance_scale=cfg.guidance_scale, negative_prompt=cfg.negative_prompt,
+                  sampler=cfg.sampler, batch_size=cfg.batch_size, progress=progress)
+    out: dict[str, Any] = {"prompts": prompts, "seeds": seeds}
+    for name, spec in models.items():
+        unknown = set(spec) - {"lora", "unet"}
+        if unknown or len(spec) > 1:
+            raise ValueError(f"model {name!r}: expected {{}}, {{'lora': folder}} or {{'unet': folder}}, got {dict(spec)}")
+        pipe = load_pipeline(base_model, device=cfg.device, dtype=cfg.dtype, unet=spec.get("unet"))
+        if "lora" in spec:
+            load_lora(pipe, spec["lora"])
+        out[name] = generate_images(pipe, prompts, seeds, **kwargs)
+        del pipe
+    return out
+
+
 def before_after(base_model: str | os.PathLike, lora: str | os.PathLike, prompts: Sequence[str],
                  seeds: Sequence[int] | None = None, cfg: T2ISamplingConfig | None = None,
                  progress: bool = True) -> dict[str, Any]:
@@ -31,21 +63,20 @@ def before_after(base_model: str | os.PathLike, lora: str | os.PathLike, prompts
     seeds used (seed ``cfg.base_seed + i`` when ``seeds`` is None) and the mean absolute pixel
     change between the two sets.
     """
-    from support.t2i.base_model import load_pipeline
-    from support.t2i.lora import load_lora
-    from support.t2i.sampling import generate_images
+    pair = sample_models(base_model, {"before": {}, "after": {"lora": lora}}, prompts, seeds, cfg, progress)
+    pair["mean_abs_change"] = float(np.abs(pair["after"] - pair["before"]).mean())
+    return pair
 
-    cfg = (cfg or T2ISamplingConfig()).validate()
-    prompts = [str(p) for p in prompts]
-    seeds = list(seeds) if seeds is not None else [cfg.base_seed + i for i in range(len(prompts))]
-    pipe = load_pipeline(base_model, device=cfg.device, dtype=cfg.dtype)
-    kwargs = dict(steps=cfg.steps, guidance_scale=cfg.guidance_scale, negative_prompt=cfg.negative_prompt,
-                  sampler=cfg.sampler, batch_size=cfg.batch_size, progress=progress)
-    before = generate_images(pipe, prompts, seeds, **kwargs)
-    load_lora(pipe, lora)
-    after = generate_images(pipe, prompts, seeds, **kwargs)
-    return {"before": before, "after": after, "prompts": prompts, "seeds": seeds,
-            "mean_abs_change": float(np.abs(after - before).mean())}
+
+def domain_gap(encoder, real_images: Any, image_sets: Mapping[str, Any], batch_size: int = 64) -> dict[str, float]:
+    """Fréchet distance of each image set to the real target images in ``encoder``'s feature space
+    (the reference encoder trained on the target): how far each model's look is from the target's."""
+    from support.eval.distribution import frechet_distance
+    from support.eval.features import embed_set
+
+    real = embed_set(encoder, real_images, batch_size, name="real")
+    return {name: frechet_distance(real, embed_set(encoder, images, batch_size, name=name))
+            for name, images in image_sets.items()}
 
 
 def reference_classifier(records: pd.DataFrame, cache_root: str | os.PathLike, config=None,
@@ -80,8 +111,10 @@ def finding_rates(classifier, image_sets: Mapping[str, Any], plan: pd.DataFrame,
     row. Columns: ``set``, ``finding``, ``n_requested``, ``n_not_requested``,
     ``positive_rate_requested`` (share of requested images scored above ``threshold``),
     ``positive_rate_not_requested``, ``mean_score_requested``, ``mean_score_not_requested``,
-    ``auroc`` (score against the request; NaN when only one kind is present).
+    ``auroc`` (score against the request) and ``note``: "too few samples" (AUROC NaN) when
+    either kind has fewer than :data:`support.downstream.metrics.MIN_PER_CLASS` images.
     """
+    from support.downstream.metrics import too_few_of_a_class
     from support.eval.conditional import conditional_fidelity, predict_set
 
     names = list(findings) if findings is not None else [f for f in PHANTOM_FINDINGS
@@ -99,6 +132,7 @@ def finding_rates(classifier, image_sets: Mapping[str, Any], plan: pd.DataFrame,
         for j, name in enumerate(names):
             s = scores[:, classifier.label_names.index(name)]
             asked, not_asked = requested[:, j] == 1.0, requested[:, j] == 0.0
+            note = too_few_of_a_class(requested[asked | not_asked, j])
             rows.append({
                 "set": set_name, "finding": name, "n_requested": int(asked.sum()),
                 "n_not_requested": int(not_asked.sum()),
@@ -106,5 +140,5 @@ def finding_rates(classifier, image_sets: Mapping[str, Any], plan: pd.DataFrame,
                 "positive_rate_not_requested": float((s[not_asked] > threshold).mean()) if not_asked.any() else math.nan,
                 "mean_score_requested": float(s[asked].mean()) if asked.any() else math.nan,
                 "mean_score_not_requested": float(s[not_asked].mean()) if not_asked.any() else math.nan,
-                "auroc": aurocs[name]})
+                "auroc": math.nan if note else aurocs[name], "note": note})
     return pd.DataFrame(rows)

@@ -56,31 +56,40 @@ def plot_training(history: Mapping[str, Any]):
     return fig
 
 
-def plot_before_after(pair: Mapping[str, Any], n: int = 6, prompt_chars: int = 70):
-    """The same prompts and seeds without (top) and with LoRA (bottom), prompt under each column
-    and, when ``pair["titles"]`` is given (e.g. the requested finding), a title over it."""
+def plot_same_seeds(sets: Mapping[str, Any], prompts: Sequence[str] | None = None,
+                    titles: Sequence[str] | None = None, n: int = 6, prompt_chars: int = 70):
+    """One row per model (``sets``: name -> images), the same prompt and seed in each column;
+    the prompt under the column and, when ``titles`` is given (the requested finding), over it."""
     import matplotlib.pyplot as plt
 
-    before, after = np.asarray(pair["before"]), np.asarray(pair["after"])
-    prompts: Sequence[str] = pair.get("prompts") or [""] * len(before)
-    n = min(n, len(before))
+    rows = {name: np.asarray(images) for name, images in sets.items()}
+    if not rows:
+        raise ValueError("plot_same_seeds: no image sets")
+    n = min([n] + [len(images) for images in rows.values()])
     if n < 1:
-        raise ValueError("plot_before_after: no images")
-    fig, axes = plt.subplots(2, n, figsize=(2.0 * n, 5.2), squeeze=False)
+        raise ValueError("plot_same_seeds: no images")
+    prompts = list(prompts) if prompts is not None else [""] * n
+    fig, axes = plt.subplots(len(rows), n, figsize=(2.0 * n, 2.6 * len(rows)), squeeze=False)
     for j in range(n):
-        for i, (images, name) in enumerate(((before, "base"), (after, "base + LoRA"))):
+        for i, (name, images) in enumerate(rows.items()):
             ax = axes[i, j]
             ax.imshow(images[j], cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(name)
-        if pair.get("titles") is not None:
-            axes[0, j].set_title(str(pair["titles"][j]), fontsize=8)
+        if titles is not None:
+            axes[0, j].set_title(str(titles[j]), fontsize=8)
         text = str(prompts[j]).replace("view_position = ", "").replace(" modality = CR.", "")
-        axes[1, j].set_xlabel("\n".join(textwrap.wrap(text[:prompt_chars], 24)), fontsize=7)
+        axes[-1, j].set_xlabel("\n".join(textwrap.wrap(text[:prompt_chars], 24)), fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_before_after(pair: Mapping[str, Any], n: int = 6, prompt_chars: int = 70):
+    """The same prompts and seeds without (top) and with LoRA (bottom): :func:`plot_same_seeds`."""
+    return plot_same_seeds({"base": pair["before"], "base + LoRA": pair["after"]}, pair.get("prompts"),
+                           pair.get("titles"), n, prompt_chars)
 
 
 def plot_finding_rates(rates: pd.DataFrame):
@@ -103,3 +112,28 @@ def plot_finding_rates(rates: pd.DataFrame):
         ax.tick_params(axis="x", labelrotation=20)
     grid.figure.tight_layout()
     return grid.figure
+
+
+def method_table(summaries: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """LoRA beside a full fine-tune (:func:`training_summary` of each): trainable parameters and
+    their share, speed, and each method's speed relative to the first."""
+    cols = ("trainable_parameters", "trainable_share_unet", "updates", "steps_per_s", "images_per_s", "final_loss")
+    frame = pd.DataFrame([{"method": name, **{c: s.get(c, math.nan) for c in cols}} for name, s in summaries.items()])
+    if len(frame):
+        frame["speed_vs_first"] = frame["images_per_s"] / frame["images_per_s"].iloc[0]
+    return frame
+
+
+def plot_domains(records: pd.DataFrame, base_config, n: int = 4):
+    """The first ``n`` training images as the base model was pretrained on them (its source
+    domain, top) and as LoRA sees them (the target, bottom)."""
+    from support.t2i.data import CaptionedImages
+
+    kwargs = dict(views=base_config.views, splits=("train",), random_crop=False)
+    source = CaptionedImages(records, base_config.resolution, domain=base_config.domain, **kwargs)
+    target = CaptionedImages(records, base_config.resolution, **kwargs)
+    n = min(n, len(target))
+    to_unit = lambda item: (item["pixel_values"][0].numpy() + 1.0) / 2.0   # noqa: E731
+    return plot_same_seeds({"source (base pretraining)": [to_unit(source[i]) for i in range(n)],
+                            "target (LoRA)": [to_unit(target[i]) for i in range(n)]},
+                           [source.captions[i] for i in range(n)], n=n)

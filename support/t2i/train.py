@@ -34,9 +34,12 @@ from support.t2i.objective import collate_captioned, latent_diffusion_loss
 LORA_DIR = "lora"
 LORA_INFO_JSON = "lora.json"
 PEFT_WEIGHTS = "lora.safetensors"
+FULL_DIR = "unet"                           # a full fine-tune's UNet (diffusers folder)
+FULL_INFO_JSON = "full_finetune.json"
+UNET_WEIGHTS = "unet.safetensors"
 VALIDATION_BATCH = 8
 
-__all__ = ["NonFiniteLossError", "LoraTask", "train_lora", "launch_lora_training", "lora_training_set",
+__all__ = ["NonFiniteLossError", "LoraTask", "FullFinetuneTask", "train_lora", "launch_lora_training", "lora_training_set",
            "training_resolution", "validation_pipeline"]
 
 
@@ -108,9 +111,9 @@ class LoraTask(trainer.Task):
 
         from support.t2i.base_model import load_pipeline, model_sha256
         from support.t2i.captions import caption_stats
-        from support.t2i.lora import add_lora, lora_parameters, trainable_parameters
+        from support.t2i.lora import trainable_parameters
 
-        lcfg, ctx = self.config.lora, self.ctx
+        ctx = self.ctx
         if isinstance(self.base_model, (str, os.PathLike)):
             self.base_sha = model_sha256(self.base_model, "unet")
             pipe = load_pipeline(self.base_model, device="cpu", dtype="fp32")
@@ -123,17 +126,24 @@ class LoraTask(trainer.Task):
         captions = getattr(self.train_set, "captions", None)
         self.caption_stats = caption_stats(list(captions), pipe.tokenizer) if captions is not None else None
 
-        # Frozen base in the compute dtype; adapters (the same initial values on every rank) in fp32.
+        # Frozen base in the compute dtype; what is trained (the same initial values on every rank) in fp32.
         for model in (pipe.vae, pipe.text_encoder, pipe.unet):
             model.requires_grad_(False).to(ctx.device, dtype=ctx.weight_dtype)
         pipe.vae.eval()
         pipe.text_encoder.eval()
-        add_lora(pipe.unet, pipe.text_encoder, lcfg)
-        trained = [pipe.unet] + ([pipe.text_encoder] if lcfg.text_encoder else [])
+        trained, params = self.adapt(pipe)
         if ctx.weight_dtype != torch.float32:
             cast_training_params(trained, dtype=torch.float32)
         self.counts = trainable_parameters(unet=pipe.unet, text_encoder=pipe.text_encoder, vae=pipe.vae)
-        return trainer.Parts(models=trained, params=lora_parameters(*trained))
+        return trainer.Parts(models=trained, params=params)
+
+    def adapt(self, pipe) -> tuple[list[torch.nn.Module], list[torch.nn.Parameter]]:
+        """LoRA adapters on the frozen UNet (and text encoder): the modules and parameters trained."""
+        from support.t2i.lora import add_lora, lora_parameters
+
+        add_lora(pipe.unet, pipe.text_encoder, self.config.lora)
+        trained = [pipe.unet] + ([pipe.text_encoder] if self.config.lora.text_encoder else [])
+        return trained, lora_parameters(*trained)
 
     def loss(self, batch, step: trainer.Step) -> torch.Tensor:
         t, lcfg = self.config.train, self.config.lora
@@ -204,6 +214,42 @@ class LoraTask(trainer.Task):
             "caption_template": t.caption_template, "text_source": t.text_source})
 
 
+class FullFinetuneTask(LoraTask):
+    """What LoRA is measured against: every UNet weight trained on the same pairs, objective and
+    loop (text encoder and autoencoder frozen). Checkpoints and the export hold the whole UNet."""
+
+    name = "full-finetune"
+
+    def adapt(self, pipe) -> tuple[list[torch.nn.Module], list[torch.nn.Parameter]]:
+        pipe.unet.requires_grad_(True)
+        return [pipe.unet], list(pipe.unet.parameters())
+
+    def state_dict(self):
+        return {UNET_WEIGHTS: {k: v.detach().contiguous() for k, v in self.pipe.unet.state_dict().items()}}, {}
+
+    def load_state_dict(self, files, meta) -> None:
+        self.pipe.unet.load_state_dict(files[UNET_WEIGHTS])
+
+    def write_checkpoint_files(self, folder: Path) -> None:
+        return None
+
+    def resume_key(self) -> dict[str, Any]:
+        t = self.config.train
+        return {"full_finetune": "unet", "base_model_sha256": self.base_sha,
+                "train": {name: getattr(t, name) for name in t.METHOD_FIELDS}}
+
+    def export(self) -> None:
+        from support.t2i.base_model import save_unet
+
+        out = self.ctx.output_dir / FULL_DIR
+        save_unet(self.pipe.unet, out)
+        write_json_atomic(out / FULL_INFO_JSON, {
+            "trainable": self.counts, "resolution": self.resolution,
+            "base_model": str(self.base_model) if isinstance(self.base_model, (str, os.PathLike)) else "in-memory",
+            "base_model_sha256": self.base_sha, "caption_template": self.config.train.caption_template,
+            "text_source": self.config.train.text_source})
+
+
 def train_lora(config: T2IConfig, base_model, train_dataset, output_dir: str | os.PathLike,
                on_update: Callable[[int, torch.nn.Module], None] | None = None, progress: bool = True) -> dict:
     """Fine-tune LoRA adapters of ``base_model`` on ``train_dataset``; return the history.
@@ -225,13 +271,15 @@ def train_lora(config: T2IConfig, base_model, train_dataset, output_dir: str | o
 
 def launch_lora_training(config: T2IConfig, base_model, train_dataset, output_dir: str | os.PathLike,
                          num_processes: int = 1, port: int | None = None,
-                         on_update: Callable[[int, torch.nn.Module], None] | None = None) -> dict:
+                         on_update: Callable[[int, torch.nn.Module], None] | None = None,
+                         full_finetune: bool = False) -> dict:
     """:func:`train_lora` from a notebook on ``num_processes`` processes (several load the base
-    model themselves: pass its folder, not a pipeline)."""
+    model themselves: pass its folder, not a pipeline). ``full_finetune``: every UNet weight
+    instead (:class:`FullFinetuneTask`, written to ``output_dir/unet``), the comparison."""
     if num_processes > 1 and not isinstance(base_model, (str, os.PathLike)):
         raise TypeError("several processes load the base model themselves: pass its folder, not a pipeline")
-    return trainer.launch(LoraTask(config, base_model, train_dataset), config, output_dir, num_processes, port,
-                          on_update)
+    task = (FullFinetuneTask if full_finetune else LoraTask)(config, base_model, train_dataset)
+    return trainer.launch(task, config, output_dir, num_processes, port, on_update)
 
 
 # ------------------------------------------------------------------------------------ CLI
