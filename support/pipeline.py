@@ -29,7 +29,7 @@ from support.io import read_json, write_json_atomic
 from support.runs import DEFAULT_RUNS_ROOT, REPO_ROOT, RunPaths, create_run_dir, new_run_id
 
 NOTEBOOK_RE = re.compile(r"^(\d{2})_[A-Za-z0-9_]+\.ipynb$")
-PROFILES = ("test", "quick", "full")
+PROFILES = ("test", "quick", "study", "full")
 INJECTED = ("run_dir", "seed", "profile", "allow_stand_ins")  # set by the runner, never by a profile file
 PROFILE_KEYS = {"seed", "description", "allow_stand_ins", "notebooks"}
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -567,7 +567,7 @@ def list_notebooks(notebooks_dir: Path, params_dir: Path, profile_name: str, out
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m support.pipeline", description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="quick", help="test, quick or full (default: quick)")
+    ap.add_argument("--profile", default="quick", help="test, quick, study or full (default: quick)")
     ap.add_argument("--only", help="comma-separated notebook numbers or names, e.g. 00,02")
     ap.add_argument("--from", dest="start", help="first notebook to run, e.g. 04")
     ap.add_argument("--run-id", help="name of the run directory (default: date-time-profile)")

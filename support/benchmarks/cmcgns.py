@@ -139,7 +139,7 @@ def run(profile: str = "quick", batch_size: int = 64, updates: int = 6, warmup: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m support.benchmarks.cmcgns", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="quick", help="CM-CGNS profile: test, quick or full (sizes)")
+    parser.add_argument("--profile", default="quick", help="CM-CGNS profile: test, quick, study or full (sizes)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--updates", type=int, default=6, help="timed updates per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed updates first")

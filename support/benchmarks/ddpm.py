@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     from support.io import write_json_atomic
 
     parser = argparse.ArgumentParser(prog="python -m support.benchmarks.ddpm", description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", default="quick", choices=("test", "quick", "full"))
+    parser.add_argument("--profile", default="quick", choices=("test", "quick", "study", "full"))
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--train-updates", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)

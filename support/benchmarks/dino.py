@@ -144,7 +144,7 @@ def run(profile: str = "quick", updates: int = 12, warmup: int = 3, repeats: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m support.benchmarks.dino", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="quick", help="DINO profile: test, quick or full")
+    parser.add_argument("--profile", default="quick", help="DINO profile: test, quick, study or full")
     parser.add_argument("--updates", type=int, default=12, help="timed updates per measurement")
     parser.add_argument("--warmup", type=int, default=3, help="untimed updates first")
     parser.add_argument("--repeats", type=int, default=3, help="alternating measurements of each loop (median kept)")

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     import peft
 
     parser = argparse.ArgumentParser(prog="python -m support.benchmarks.lora", description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", default="quick", choices=("test", "quick", "full"),
+    parser.add_argument("--profile", default="quick", choices=("test", "quick", "study", "full"),
                         help="small base architecture of this profile, timed on CPU")
     parser.add_argument("--updates", type=int, default=20, help="timed LoRA updates (after --warmup)")
     parser.add_argument("--warmup", type=int, default=3)

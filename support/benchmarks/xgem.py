@@ -201,7 +201,7 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m support.benchmarks.xgem", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="quick", help="XGeM profile: test, quick or full (sizes)")
+    parser.add_argument("--profile", default="quick", help="XGeM profile: test, quick, study or full (sizes)")
     parser.add_argument("--patients", type=int, default=60, help="phantom patients (about 2 studies each)")
     parser.add_argument("--updates", type=int, default=6, help="timed updates per training stage")
     parser.add_argument("--warmup", type=int, default=2, help="untimed updates first")

@@ -173,4 +173,7 @@ PROFILES: dict[str, CMCGNSConfig] = {
                                 checkpoint_every=2, checkpoints_total_limit=1, log_every=1)),
 }
 
+# The study profile runs the quick sizes for longer: notebooks/params/study.yaml sets its update counts.
+PROFILES["study"] = PROFILES["quick"]
+
 cmcgns_config = profile_reader(PROFILES, "CM-CGNS", opaque=("encoder_config",))

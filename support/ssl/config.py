@@ -167,6 +167,9 @@ PROFILES: dict[str, DINOConfig] = {
                               checkpoints_total_limit=2, log_every=1)),
 }
 
+# The study profile runs the quick sizes for longer: notebooks/params/study.yaml sets its update counts.
+PROFILES["study"] = PROFILES["quick"]
+
 dino_config = profile_reader(PROFILES, "DINO")
 
 

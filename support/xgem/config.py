@@ -292,4 +292,7 @@ PROFILES: dict[str, XGeMConfig] = {
                                          "joint")})),
 }
 
+# The study profile runs the quick sizes for longer: notebooks/params/study.yaml sets its update counts.
+PROFILES["study"] = PROFILES["quick"]
+
 xgem_config = profile_reader(PROFILES, "XGeM")
