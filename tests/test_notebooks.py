@@ -50,6 +50,28 @@ def test_profile_names_only_declared_parameters(profile):
         pipeline.validate(path, typo, notebooks, notebooks)
 
 
+def test_every_profile_the_runner_knows_is_a_preset_of_every_system():
+    """A notebook passes its run's profile to its system's reader: a system without the preset
+    would fail the run at that notebook, minutes in."""
+    from support.cmcgns.config import cmcgns_config
+    from support.ddpm.config import ddpm_config, sampling_config
+    from support.ssl.config import dino_config
+    from support.t2i.config import prompt_config, t2i_config, t2i_sampling_config
+    from support.xgem.config import xgem_config
+
+    readers = (t2i_config, t2i_sampling_config, prompt_config, ddpm_config, sampling_config, dino_config,
+               cmcgns_config, xgem_config)
+    for profile in pipeline.PROFILES:
+        for read in readers:
+            read(profile)
+    # study exists to show effects: the T2I base reads text at every level and trains longer than quick
+    study, quick = t2i_config("study").base, t2i_config("quick").base
+    assert set(study.unet.cross_attention_levels) == set(range(len(study.unet.block_out_channels)))
+    assert study.ldm_training.max_steps > 5 * quick.ldm_training.max_steps
+    ddpm_study, ddpm_quick = ddpm_config("study").train, ddpm_config("quick").train
+    assert ddpm_study.max_steps * ddpm_study.batch_size > 5 * ddpm_quick.max_steps * ddpm_quick.batch_size
+
+
 @pytest.mark.notebooks
 def test_whole_pipeline_runs_under_test_profile(tmp_path):
     root = pipeline.run("test", NOTEBOOKS, NOTEBOOKS / "params", tmp_path / "runs", run_id="t")

@@ -6,6 +6,8 @@ flip (the data path never flips), samples come from the EMA weights, every rando
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
@@ -159,16 +161,9 @@ _QUICK = DDPMConfig(
 
 # The study profile: the quick network trained ten times as long, on larger batches, with a slower
 # EMA (the samples it shows should look like the data); the same code path as ``full``.
-_STUDY = DDPMConfig(
-    unet=UNetConfig(sample_size=64, in_channels=1, base_channels=16, channel_mults=(1, 2, 4, 4),
-                    layers_per_block=1, attention_levels=(-1,), attention_head_dim=32, norm_num_groups=8),
-    noise=NoiseConfig(num_train_timesteps=1000, beta_schedule="sigmoid", prediction_type="v_prediction"),
-    train=DDPMTrainConfig(max_steps=1500, batch_size=16, gradient_accumulation_steps=1, learning_rate=5e-4,
-                          lr_warmup_steps=50, ema_decay=0.999, ema_update_every=1, ema_update_after_step=100,
-                          loss_weighting="snr", validate_every=500, val_max_batches=2, sample_every=0,
-                          sample_grid_size=16, sample_grid_sampler="ddim", sample_grid_steps=50,
-                          checkpoint_every=500, checkpoints_total_limit=2),
-)
+_STUDY = dataclasses.replace(_QUICK, train=dataclasses.replace(
+    _QUICK.train, max_steps=1500, batch_size=16, lr_warmup_steps=50, ema_decay=0.999, ema_update_after_step=100,
+    validate_every=500, checkpoint_every=500))
 
 _TEST = DDPMConfig(
     unet=UNetConfig(sample_size=16, in_channels=1, base_channels=8, channel_mults=(1, 2), layers_per_block=1,
