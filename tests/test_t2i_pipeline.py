@@ -214,8 +214,8 @@ def test_finding_rates_auroc_with_enough_images_of_each_kind():
     from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(0)
-    asked = np.array([1] * 6 + [0] * 6)
-    images = np.clip(rng.uniform(0.2, 0.6, 12)[:, None, None] + 0.2 * asked[:, None, None], 0, 1) * np.ones((12, 8, 8))
+    asked = np.array([1] * 12 + [0] * 12)
+    images = np.clip(rng.uniform(0.2, 0.6, 24)[:, None, None] + 0.2 * asked[:, None, None], 0, 1) * np.ones((24, 8, 8))
     plan = pd.DataFrame({"Pleural Effusion": asked.astype(float)})
     rates = finding_rates(_ScoreByBrightness(), {"s": images.astype(np.float32)}, plan)
     row = rates.iloc[0]
