@@ -235,6 +235,10 @@ def test_domain_gap_is_zero_for_the_real_images_and_grows_with_a_shift():
     gap = domain_gap(Identity(), real, {"same": real, "near": np.clip(real + 0.05, 0, 1),
                                         "far": np.clip(real + 0.3, 0, 1)})
     assert gap["same"] == pytest.approx(0.0, abs=1e-6) and 0 < gap["near"] < gap["far"]
+    # a handful of images fits no Gaussian worth comparing: "too few samples" (NaN), not a distance
+    few = domain_gap(Identity(), real, {"five": real[:5], "all": real}, min_images=20)
+    assert np.isnan(few["five"]) and few["all"] == pytest.approx(0.0, abs=1e-6)
+    assert all(np.isnan(v) for v in domain_gap(Identity(), real[:5], {"all": real}, min_images=20).values())
 
 
 def test_base_model_pretrains_its_denoiser_on_full_captions_in_the_source_domain(records, tmp_path, monkeypatch):

@@ -68,15 +68,24 @@ def before_after(base_model: str | os.PathLike, lora: str | os.PathLike, prompts
     return pair
 
 
-def domain_gap(encoder, real_images: Any, image_sets: Mapping[str, Any], batch_size: int = 64) -> dict[str, float]:
+# A Fréchet distance between Gaussians fitted to fewer images than this is mostly estimation noise.
+MIN_FD_IMAGES = 20
+
+
+def domain_gap(encoder, real_images: Any, image_sets: Mapping[str, Any], batch_size: int = 64,
+               min_images: int = MIN_FD_IMAGES) -> dict[str, float]:
     """Fréchet distance of each image set to the real target images in ``encoder``'s feature space
-    (the reference encoder trained on the target): how far each model's look is from the target's."""
+    (the reference encoder trained on the target): how far each model's look is from the target's.
+    NaN ("too few samples") for a set, or every set when the real images, below ``min_images``."""
     from support.eval.distribution import frechet_distance
     from support.eval.features import embed_set
 
     real = embed_set(encoder, real_images, batch_size, name="real")
-    return {name: frechet_distance(real, embed_set(encoder, images, batch_size, name=name))
-            for name, images in image_sets.items()}
+    gaps = {}
+    for name, images in image_sets.items():
+        feats = embed_set(encoder, images, batch_size, name=name)
+        gaps[name] = math.nan if min(len(real), len(feats)) < min_images else frechet_distance(real, feats)
+    return gaps
 
 
 def reference_classifier(records: pd.DataFrame, cache_root: str | os.PathLike, config=None,
