@@ -142,22 +142,13 @@ def build_sd21_base(tokenizer, device: str | torch.device | None = None, dtype: 
 
 # ------------------------------------------------------------------ files
 def save_pipeline(pipe, path: str | os.PathLike) -> Path:
-    """Write ``pipe`` as a diffusers folder (safetensors), swapped in whole: never half-written."""
+    """Write ``pipe`` (a pipeline, or one of its models such as a fine-tuned UNet) as a diffusers
+    folder (safetensors), swapped in whole: never half-written."""
     from support.io import atomic_directory
 
     path = Path(path)
     with atomic_directory(path) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-    return path
-
-
-def save_unet(unet, path: str | os.PathLike) -> Path:
-    """A fine-tuned UNet as a diffusers folder (safetensors), swapped in whole."""
-    from support.io import atomic_directory
-
-    path = Path(path)
-    with atomic_directory(path) as tmp:
-        unet.save_pretrained(tmp, safe_serialization=True)
     return path
 
 
@@ -182,7 +173,7 @@ def load_pipeline(path: str | os.PathLike, device: str = "auto", dtype: str = "a
     Offline only; no safety checker (it would black out radiographs it cannot judge). Weights are
     read from ``.safetensors`` where the folder has them, else from ``.bin`` files, which diffusers
     opens with ``torch.load(weights_only=True)``: tensors only, no pickled code. ``unet``: a
-    fine-tuned UNet folder (:func:`save_unet`) in place of the pipeline's own.
+    fine-tuned UNet folder (:func:`save_pipeline` of a UNet) in place of the pipeline's own.
     """
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 

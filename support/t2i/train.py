@@ -239,10 +239,10 @@ class FullFinetuneTask(LoraTask):
                 "train": {name: getattr(t, name) for name in t.METHOD_FIELDS}}
 
     def export(self) -> None:
-        from support.t2i.base_model import save_unet
+        from support.t2i.base_model import save_pipeline
 
         out = self.ctx.output_dir / FULL_DIR
-        save_unet(self.pipe.unet, out)
+        save_pipeline(self.pipe.unet, out)
         write_json_atomic(out / FULL_INFO_JSON, {
             "trainable": self.counts, "resolution": self.resolution,
             "base_model": str(self.base_model) if isinstance(self.base_model, (str, os.PathLike)) else "in-memory",
