@@ -118,6 +118,25 @@ def test_saved_pipeline_holds_ema_weights_and_matches_the_sampler(uninterrupted)
         assert not torch.allclose(images[0], images[1])                    # different seeds, different images
 
 
+def test_validation_scores_ema_samples_against_the_validation_images(tmp_path):
+    from support.core.schedules import make_sampler
+    from support.ddpm.sampling import load_pipeline, pixel_frechet, sample_images
+
+    config = ddpm_config("test", {"train": {"max_steps": 4, "validate_every": 2, "sample_grid_steps": 3,
+                                            "val_fd_samples": 6, "val_batch_size": 4}})
+    val = SyntheticDiscs(8, 16, seed=1)
+    history = train_ddpm(config, SyntheticDiscs(24, 16), tmp_path, val)
+    assert history["val_step"] == [2, 4] and len(history["val_pixel_fd_ema"]) == 2
+    # the last point is the exported EMA network's samples (fixed seeds) against the first 6 images
+    pipe = load_pipeline(tmp_path / "pipeline", device="cpu", dtype="fp32")
+    seeds = [config.train.val_seed + i for i in range(6)]
+    samples = sample_images(pipe.unet, make_sampler("ddim", pipe.scheduler.config), seeds, 3)
+    real = (torch.stack([val[i]["image"] for i in range(6)]) + 1) / 2
+    assert history["val_pixel_fd_ema"][-1] == pytest.approx(pixel_frechet(samples, real), rel=1e-4)
+    with pytest.raises(ValueError, match="val_fd_samples"):
+        ddpm_config("test", {"train": {"val_fd_samples": 1}})
+
+
 def test_learning_rate_warms_up(tmp_path):
     cfg = ddpm_config("test", {"train": {"max_steps": 4, "lr_warmup_steps": 4, "log_every": 1, "checkpoint_every": 4,
                                          "gradient_accumulation_steps": 1, "sample_grid_steps": 1}})

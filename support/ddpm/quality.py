@@ -74,3 +74,37 @@ def plot_quality_vs_steps(table: pd.DataFrame):
     ax.set_xlabel("denoising steps")
     fig.tight_layout()
     return fig
+
+
+def quality_by_update(history: dict) -> pd.DataFrame:
+    """The validations of a training history: update, online and EMA validation loss, and the
+    EMA samples' pixel Fréchet distance where it was measured (``val_fd_samples``)."""
+    table = pd.DataFrame({"update": history.get("val_step", []), "val_loss": history.get("val_loss", []),
+                          "val_loss_ema": history.get("val_loss_ema", [])})
+    fd = history.get("val_pixel_fd_ema", [])
+    if len(fd) == len(table):
+        table["pixel_fd_ema"] = fd
+    return table
+
+
+def plot_training(history: dict):
+    """Training loss; validation loss of the online and EMA weights; and, where measured, the EMA
+    samples' pixel Fréchet distance against updates (quality, which a loss does not show)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    val = quality_by_update(history)
+    panels = 3 if "pixel_fd_ema" in val else 2
+    fig, ax = plt.subplots(1, panels, figsize=(5.5 * panels, 3.5))
+    sns.lineplot(x=history["step"], y=history["loss"], ax=ax[0])
+    ax[0].set(title="training loss", xlabel="update")
+    if len(val):
+        losses = val.rename(columns={"val_loss": "online", "val_loss_ema": "EMA"})[["update", "online", "EMA"]]
+        sns.lineplot(losses.melt("update", var_name="weights", value_name="loss"), x="update", y="loss",
+                     hue="weights", marker="o", ax=ax[1])
+    ax[1].set_title("validation loss (held-out images, fixed noise)")
+    if panels == 3:
+        sns.lineplot(val, x="update", y="pixel_fd_ema", marker="o", ax=ax[2])
+        ax[2].set(title="EMA samples vs validation images", ylabel="Fréchet distance (16x16 pixels)")
+    fig.tight_layout()
+    return fig

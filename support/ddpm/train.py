@@ -124,6 +124,7 @@ class DDPMTask(trainer.Task):
 
     def __init__(self, config: DDPMConfig, train_set, val_set=None):
         self.config, self.train_set, self.val_set = config, train_set, val_set
+        self._fd_real = None        # the validation images the sample quality is scored against
 
     def setup(self) -> trainer.Parts:
         from diffusers.training_utils import EMAModel
@@ -172,7 +173,28 @@ class DDPMTask(trainer.Task):
                                     batch_size=t.val_batch_size, max_batches=t.val_max_batches, seed=t.val_seed,
                                     device=ctx.device, rank=ctx.rank, world=ctx.world, autocast=ctx.autocast)
         total, count, total_ema, count_ema = ctx.reduce_sum(sums)
-        return {"val_loss": total / max(count, 1), "val_loss_ema": total_ema / max(count_ema, 1)}
+        metrics = {"val_loss": total / max(count, 1), "val_loss_ema": total_ema / max(count_ema, 1)}
+        if t.val_fd_samples and ctx.rank == 0:      # history is the main process's
+            metrics["val_pixel_fd_ema"] = self.sample_quality()
+        return metrics
+
+    def sample_quality(self) -> float:
+        """Pixel Fréchet distance of ``val_fd_samples`` EMA samples (fixed seeds, the preview's
+        sampler) to as many validation images: a loss says little of what samples look like."""
+        from support.ddpm.sampling import pixel_frechet, sample_images
+
+        t = self.config.train
+        n = min(t.val_fd_samples, len(self.val_set))
+        if n < 2:
+            raise ValueError(f"val_fd_samples: the validation set has {len(self.val_set)} images; need at least 2")
+        if self._fd_real is None:
+            self._fd_real = torch.stack([_batch_images(self.val_set[i], "validation set") for i in range(n)])
+            self._fd_real = (self._fd_real + 1) / 2
+        seeds = [t.val_seed + i for i in range(n)]
+        samples = torch.cat([sample_images(self.ema_network(), self.grid_sampler, seeds[i:i + t.val_batch_size],
+                                           t.sample_grid_steps, device=self.ctx.device)
+                             for i in range(0, n, t.val_batch_size)])
+        return pixel_frechet(samples, self._fd_real)
 
     def preview(self, step: int, epoch: int) -> str:
         from support.core.images import save_grid
