@@ -8,8 +8,20 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it; the lock keeps threads from racing)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -26,6 +38,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", durable: bool = True,
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **open_kwargs) as fh:
+            # mkstemp makes the file 0600; the finished file gets the mode open() would give it, so
+            # colleagues on a shared filesystem can read a run as the umask allows
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())
             yield fh
             fh.flush()
             if durable:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,22 @@ def test_atomic_write_keeps_old_file_when_the_write_fails(tmp_path):
             raise RuntimeError("killed mid-write")
     assert io.read_json(target) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_honour_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        io.write_json_atomic(tmp_path / "m.json", {"v": 1})
+        io.write_bytes_atomic(tmp_path / "b.bin", b"x", durable=False)
+        with io.atomic_directory(tmp_path / "folder") as tmp:
+            io.write_text_atomic(tmp / "f.txt", "x")
+    finally:
+        os.umask(old)
+    for path in ("m.json", "b.bin", "folder/f.txt"):       # what open() would have made, not mkstemp's 0600
+        assert stat.S_IMODE((tmp_path / path).stat().st_mode) == 0o666 & ~umask, path
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o777 & ~umask
+    assert io.current_umask() == old
 
 
 def test_json_handles_numpy_and_paths(tmp_path):
