@@ -464,6 +464,14 @@ def run(profile_name: str, notebooks_dir: Path, params_dir: Path, runs_root: Pat
     out = out or sys.stdout
     notebooks = discover(notebooks_dir)
     if resume is not None:
+        # a resumed run keeps the parameters its manifest recorded: anything else would be ignored
+        ignored = [flag for flag, value in (("--set", overrides), ("--only", only), ("--from", start),
+                                            ("--run-id", run_id), ("--allow-stand-ins", allow_stand_ins))
+                   if value not in (None, [], "")]
+        if ignored:
+            raise PipelineError(f"--resume {resume}: a resumed run keeps the parameters its manifest recorded, "
+                                f"so {', '.join(ignored)} would be ignored; start a new run (--run-id NEW) "
+                                f"to change them")
         paths = RunPaths(Path(resume).expanduser().resolve())
         if not paths.manifest.exists():
             raise PipelineError(f"{paths.manifest}: no manifest; not a run directory to resume")
@@ -567,7 +575,7 @@ def list_notebooks(notebooks_dir: Path, params_dir: Path, profile_name: str, out
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m support.pipeline", description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="quick", help="test, quick, study or full (default: quick)")
+    ap.add_argument("--profile", default=None, help="test, quick, study or full (default: quick)")
     ap.add_argument("--only", help="comma-separated notebook numbers or names, e.g. 00,02")
     ap.add_argument("--from", dest="start", help="first notebook to run, e.g. 04")
     ap.add_argument("--run-id", help="name of the run directory (default: date-time-profile)")
@@ -584,9 +592,12 @@ def main(argv: list[str] | None = None) -> int:
     params_dir = args.params_dir or args.notebooks_dir / "params"
     try:
         if args.list:
-            list_notebooks(args.notebooks_dir, params_dir, args.profile)
+            list_notebooks(args.notebooks_dir, params_dir, args.profile or "quick")
             return 0
-        run(args.profile, args.notebooks_dir, params_dir, args.runs_root, run_id=args.run_id,
+        if args.resume is not None and args.profile is not None:
+            raise PipelineError(f"--resume {args.resume}: a resumed run keeps the profile its manifest recorded, "
+                                f"so --profile would be ignored")
+        run(args.profile or "quick", args.notebooks_dir, params_dir, args.runs_root, run_id=args.run_id,
             only=args.only, start=args.start, resume=args.resume, overrides=args.overrides,
             allow_stand_ins=args.allow_stand_ins)
     except (PipelineError, OSError, ValueError) as exc:  # errors that name the file or option at fault

@@ -86,6 +86,11 @@ def test_failure_stops_reports_cell_and_resume_continues(fixture_notebooks, tmp_
     assert (root / "html" / "01_second.html").exists()  # the failed notebook is rendered too
 
     flag.unlink()
+    # what a resume would ignore is refused, naming it, and the run is left as it was
+    for extra in (["--set", "01_second.fail_if_exists="], ["--only", "01"], ["--profile", "test"], ["--run-id", "x"]):
+        assert pipeline.main(["--resume", str(root), "--notebooks-dir", str(fixture_notebooks), *extra]) == 1
+        assert f"{extra[0]} would be ignored" in capsys.readouterr().err
+    assert [e["status"] for e in json.loads((root / "manifest.json").read_text())["notebooks"]] == ["ok", "failed"]
     assert pipeline.main(["--resume", str(root), "--notebooks-dir", str(fixture_notebooks)]) == 0
     manifest = json.loads((root / "manifest.json").read_text())
     assert [e["status"] for e in manifest["notebooks"]] == ["ok", "ok"] and manifest["status"] == "ok"
