@@ -104,11 +104,11 @@ def test_row_pointing_to_a_missing_file(tmp_path):
 
 def test_empty_and_missing_reports(tmp_path):
     root = make_phantom_tree(tmp_path / "p")
-    report = root / "files" / "p10" / f"p{S1}" / f"s{ST1}.txt"
+    report = root / "files" / f"p{S1[:2]}" / f"p{S1}" / f"s{ST1}.txt"
     report.write_text("  \n")
     table, summary = load_dataset("mimic-cxr-jpg", root)
     assert summary.skipped == {"empty report": 1}
-    assert set(table["study_id"]) == {"50000002", "50000003"}   # both images of study 1 gone
+    assert set(table["study_id"]) == {"90000002", "90000003"}   # both images of study 1 gone
     report.unlink()
     _, summary = load_dataset("mimic-cxr-jpg", root)
     assert summary.skipped == {"missing report": 2 - 1}

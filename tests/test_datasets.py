@@ -153,7 +153,7 @@ def test_mask_dataset_from_rle_boxes_and_unannotated(tmp_path):
 
 def test_image_report_pairs(tmp_path):
     table, _ = load_dataset("mimic-cxr-jpg", make_phantom_tree(tmp_path / "p"))
-    table.loc[table["study_id"] == "50000003", ["findings", "impression"]] = ""
+    table.loc[table["study_id"] == "90000003", ["findings", "impression"]] = ""
     ds = ImageReportDataset(table, size=16, template="view_position = {view}. modality = CR. {text}")
     assert len(ds) == 3 and ds.summary.excluded == {"no report text": 1}
     reports = {ds[i]["image_id"]: ds[i]["report"] for i in range(len(ds))}
@@ -167,7 +167,7 @@ def test_frontal_lateral_report_triplets(tmp_path):
     ds = FrontalLateralReportDataset(table, size=16, value_range=(-1.0, 1.0))
     assert len(ds) == 3
     items = {ds[i]["study_id"]: ds[i] for i in range(len(ds))}
-    both, alone = items["50000001"], items["50000002"]
+    both, alone = items["90000001"], items["90000002"]
     assert both["has_lateral"].item() and both["frontal_id"] == D["f1"] and both["lateral_id"] == D["l1"]
     assert both["report"] == "Left pneumothorax. Small left pneumothorax."
     assert not alone["has_lateral"].item() and torch.all(alone["lateral"] == -1.0)
@@ -175,7 +175,7 @@ def test_frontal_lateral_report_triplets(tmp_path):
     strict = FrontalLateralReportDataset(table, size=16, require_lateral=True)
     assert len(strict) == 1 and strict.summary.excluded == {"study without a lateral view": 2}
     pairs = pair_studies(table)
-    assert list(pairs["study_id"]) == ["50000001", "50000002", "50000003"]
+    assert list(pairs["study_id"]) == ["90000001", "90000002", "90000003"]
     assert list(pairs["lateral_id"]) == [D["l1"], "", ""] and pairs["Pneumothorax"].iat[0] == 1.0
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=3)))
     assert batch["frontal"].shape == (3, 1, 16, 16) and batch["has_lateral"].tolist().count(True) == 1

@@ -157,7 +157,7 @@ def test_a_bad_label_cell_leaves_its_study_out_and_names_the_cell(tmp_path):
     _edit_csv(root / "mimic-cxr-2.0.0-chexpert.csv", 1, Edema="yes")         # study ST2
     _edit_csv(root / "mimic-cxr-2.0.0-chexpert.csv", 2, Cardiomegaly="2")    # study ST3
     table, summary = load_dataset("mimic-cxr-jpg", root)
-    assert set(table["study_id"]) == {"50000001"}   # never kept with every label NaN
+    assert set(table["study_id"]) == {"90000001"}   # never kept with every label NaN
     assert summary.skipped == {"bad label value": 2}
     assert summary.examples["bad label value"] == [
         f"mimic-cxr-2.0.0-chexpert.csv row 3: study {ST2}: label Edema='yes', expected 1, 0, -1 or blank; "

@@ -68,10 +68,10 @@ def _mask():
 
 def test_layout_paths_and_tables(tmp_path):
     root = _write_dataset(tmp_path / "ds")
-    img = root / "files" / "p10" / f"p{S1}" / f"s{ST1}" / f"{D1}.jpg"
+    img = root / "files" / f"p{S1[:2]}" / f"p{S1}" / f"s{ST1}" / f"{D1}.jpg"
     assert img.is_file()
-    assert (root / "files" / "p10" / f"p{S2}" / f"s{ST2}" / f"{D3}.jpg").is_file()
-    report = root / "files" / "p10" / f"p{S1}" / f"s{ST1}.txt"
+    assert (root / "files" / f"p{S2[:2]}" / f"p{S2}" / f"s{ST2}" / f"{D3}.jpg").is_file()
+    report = root / "files" / f"p{S1[:2]}" / f"p{S1}" / f"s{ST1}.txt"
     assert report.read_text().startswith("FINAL REPORT\n FINDINGS: Clear.")
 
     decoded = np.asarray(Image.open(img))
@@ -147,7 +147,7 @@ def test_resume_loads_rows_and_gives_the_same_dataset(tmp_path):
     assert _tree_bytes(root) == full
 
     # a row whose file vanished is not "had": the resumed job writes it again
-    (root / "files" / "p10" / f"p{S2}" / f"s{ST2}" / f"{D3}.jpg").unlink()
+    (root / "files" / f"p{S2[:2]}" / f"p{S2}" / f"s{ST2}" / f"{D3}.jpg").unlink()
     with MimicLayoutWriter(root, "phantom") as w:
         assert not w.has_image(D3)
 
@@ -177,7 +177,7 @@ def test_add_existing_image(tmp_path):
 
 
 def test_ids_are_mimic_shaped():
-    assert make_subject_id(32) == "10000032" and make_study_id(7) == "50000007"
+    assert make_subject_id(32) == "90000032" and make_study_id(7) == "90000007"   # outside MIMIC's ranges
     d = make_dicom_id("x", 3)
     assert len(d) == 44 and d.count("-") == 4 and d == make_dicom_id("x", 3) != make_dicom_id("x", 4)
 

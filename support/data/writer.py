@@ -56,25 +56,32 @@ MASKS_COLUMNS = ("ImageId", "label", "EncodedPixels", "width", "height")
 VIEW_CODE_MEANING = {"PA": "postero-anterior", "AP": "antero-posterior",
                      "LATERAL": "lateral", "LL": "left lateral"}
 
-SUBJECT_ID_RE = re.compile(r"1\d{7}")
-STUDY_ID_RE = re.compile(r"5\d{7}")
+# MIMIC-CXR's subject ids are 8 digits starting with "1", its study ids 8 digits starting with "5".
+# Every set this project makes (the phantom, the generators' samples) numbers subjects and studies
+# "9" + 7 digits, a range real MIMIC never uses, so a synthetic set mixed with real MIMIC never
+# collides; readers accept both.
+SUBJECT_ID_RE = re.compile(r"[19]\d{7}")
+STUDY_ID_RE = re.compile(r"[59]\d{7}")
+SYNTHETIC_ID_PREFIX = "9"
 DICOM_ID_RE = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}")
 STUDY_DATE_RE = re.compile(r"\d{8}")
 
 
 # ----------------------------------------------------------------------------------------- ids
 def make_subject_id(index: int) -> str:
-    """The ``index``-th subject id: 8 digits starting with "1" (as MIMIC's ``subject_id``)."""
+    """The ``index``-th synthetic subject id: 8 digits, as MIMIC's ``subject_id``, starting with "9"
+    where MIMIC's start with "1"."""
     if not 0 <= int(index) < 10**7:
         raise ValueError(f"subject index {index} outside 0..9999999")
-    return f"1{int(index):07d}"
+    return f"{SYNTHETIC_ID_PREFIX}{int(index):07d}"
 
 
 def make_study_id(index: int) -> str:
-    """The ``index``-th study id: 8 digits starting with "5" (as MIMIC's ``study_id``)."""
+    """The ``index``-th synthetic study id: 8 digits, as MIMIC's ``study_id``, starting with "9"
+    where MIMIC's start with "5"."""
     if not 0 <= int(index) < 10**7:
         raise ValueError(f"study index {index} outside 0..9999999")
-    return f"5{int(index):07d}"
+    return f"{SYNTHETIC_ID_PREFIX}{int(index):07d}"
 
 
 def make_dicom_id(*key: Any) -> str:
