@@ -555,22 +555,23 @@ def run(profile_name: str, notebooks_dir: Path, params_dir: Path, runs_root: Pat
     return paths.root
 
 
-def list_notebooks(notebooks_dir: Path, params_dir: Path, profile_name: str, out=None) -> None:
+def list_notebooks(notebooks_dir: Path, params_dir: Path, profile_name: str | None = None, out=None) -> None:
+    """Each notebook's parameters: name, the type a value must have, the default, and the value each
+    profile sets (``profile_name``: that profile only)."""
     out = out or sys.stdout
     notebooks = discover(notebooks_dir)
-    profile = {"notebooks": {}}
-    path = Path(params_dir) / f"{profile_name}.yaml"
-    if path.exists():
-        _, profile = load_profile(params_dir, profile_name)
-    print(f"{len(notebooks)} notebooks in {notebooks_dir}  (values: profile '{profile_name}')", file=out)
+    names = [profile_name] if profile_name else [p for p in PROFILES if (Path(params_dir) / f"{p}.yaml").exists()]
+    profiles = {p: load_profile(params_dir, p)[1]["notebooks"] for p in names
+                if (Path(params_dir) / f"{p}.yaml").exists()}
+    print(f"{len(notebooks)} notebooks in {notebooks_dir}; a profile's value follows its name where it sets one "
+          f"(profiles: {', '.join(profiles) or 'none'})", file=out)
     for nb in notebooks:
         print(f"\n{nb.name}", file=out)
-        set_here = profile["notebooks"].get(nb.name, {})
         for name, info in nb.declared.items():
-            value = f"  <- {set_here[name]!r}" if name in set_here else ""
+            set_by = "".join(f"  {p}={params[nb.name][name]!r}" for p, params in profiles.items()
+                             if name in params.get(nb.name, {}))
             note = f"  # {info['help']}" if info.get("help") else ""
-            print(f"  {name:<28} {info.get('inferred_type_name', ''):<10} = {info.get('default')}{value}{note}",
-                  file=out)
+            print(f"  {name:<24} {declared_type(info) or 'any':<6} = {info.get('default')}{set_by}{note}", file=out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -592,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     params_dir = args.params_dir or args.notebooks_dir / "params"
     try:
         if args.list:
-            list_notebooks(args.notebooks_dir, params_dir, args.profile or "quick")
+            list_notebooks(args.notebooks_dir, params_dir, args.profile)
             return 0
         if args.resume is not None and args.profile is not None:
             raise PipelineError(f"--resume {args.resume}: a resumed run keeps the profile its manifest recorded, "

@@ -116,10 +116,16 @@ def test_selection_only_and_from(fixture_notebooks):
         pipeline.select(nbs, only="05")
 
 
-def test_list_shows_parameters_and_profile_values(fixture_notebooks, capsys):
-    pipeline.list_notebooks(fixture_notebooks, fixture_notebooks / "params", "test")
-    out = capsys.readouterr().out
-    assert "00_first" in out and "greeting" in out and "'from-profile'" in out and "fail_if_exists" in out
+def test_list_shows_parameters_types_and_each_profiles_values(fixture_notebooks, capsys):
+    (fixture_notebooks / "params" / "quick.yaml").write_text(yaml.safe_dump({"notebooks": {"01_second": {"scale": 9.5}}}))
+    pipeline.list_notebooks(fixture_notebooks, fixture_notebooks / "params")
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert "str" in lines["greeting"].split() and "test='from-profile'" in lines["greeting"]
+    assert "int" in lines["n_items"].split() and "test=5" in lines["n_items"]
+    assert "float" in lines["scale"].split() and "test=3.0" in lines["scale"] and "quick=9.5" in lines["scale"]
+    assert "quick=" not in lines["greeting"] and "fail_if_exists" in lines
+    pipeline.list_notebooks(fixture_notebooks, fixture_notebooks / "params", "test")    # one profile
+    assert "quick=" not in capsys.readouterr().out
 
 
 def test_notebook_without_parameters_cell_is_refused(fixture_notebooks):
