@@ -5,3 +5,7 @@ call into these. Importing ``support`` itself is cheap (no torch) so the pipelin
 """
 
 __version__ = "0.1.0"
+
+from support import quiet as _quiet
+
+_quiet.install()

@@ -387,7 +387,10 @@ def execute(nb: Notebook, output: Path, parameters: dict, kernel: str, log: Path
             papermill.execute_notebook(
                 str(nb.path), str(partial), parameters=parameters, kernel_name=kernel,
                 cwd=str(nb.path.parent), progress_bar=sys.stderr.isatty(),
-                stdout_file=log_fh, stderr_file=log_fh, start_timeout=120)
+                stdout_file=log_fh, stderr_file=log_fh, start_timeout=120,
+                # the kernel listens on localhost only; its start-up warning about unencrypted TCP
+                # repeated once per notebook hid the runner's own lines (errors still show)
+                extra_arguments=["--IPKernelApp.log_level=ERROR"])
     finally:
         publish_notebook(partial, output)
 
@@ -528,7 +531,7 @@ def run(profile_name: str, notebooks_dir: Path, params_dir: Path, runs_root: Pat
             entry.update(status="running", start=_now(), end=None, duration_s=None, error=None,
                          output=str(output.relative_to(paths.root)), html=str(html.relative_to(paths.root)),
                          log=str(log.relative_to(paths.root)))
-            print(f"[{i + 1}/{total}] {nb.name} ...", file=out, flush=True)
+            print(f"[{i + 1}/{total}] {nb.name} ...  (log: {log})", file=out, flush=True)
             t0 = time.monotonic()
             try:
                 write_json_atomic(paths.manifest, manifest)

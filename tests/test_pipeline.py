@@ -98,6 +98,15 @@ def test_failure_stops_reports_cell_and_resume_continues(fixture_notebooks, tmp_
     assert json.loads((root / "metrics" / "second.json").read_text()) == {"product": 15.0}
 
 
+def test_console_names_each_log_without_kernel_warnings(fixture_notebooks, tmp_path, capfd):
+    runs = tmp_path / "runs"
+    assert pipeline.main(["--profile", "test", "--notebooks-dir", str(fixture_notebooks), "--runs-root", str(runs),
+                          "--run-id", "r"]) == 0
+    out, err = capfd.readouterr()              # the kernels' own stderr included (file descriptors)
+    assert f"(log: {runs / 'r' / 'logs' / '00_first.log'})" in out
+    assert "without encryption" not in out + err and "IPKernelApp" not in out + err
+
+
 def test_existing_run_directory_is_never_overwritten(fixture_notebooks, tmp_path):
     runs = tmp_path / "runs"
     (runs / "taken").mkdir(parents=True)
