@@ -423,9 +423,16 @@ def coalesce_progress(path: Path) -> None:
     os.replace(staged, path)
 
 
+def _metrics_of(paths: RunPaths, notebook: str) -> dict:
+    path = paths.metrics / f"{notebook}.json"
+    metrics = read_json(path) if path.exists() else {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
 def record_outcome(paths: RunPaths, manifest: dict, entry: dict) -> list[str]:
     """Render the executed notebook, then update the manifest and the index. Returns what could not
     be written instead of raising, so that a full or read-only disk never hides the run's report."""
+    from support.model_card import write_model_cards
     from support.run_index import write_index
 
     output, html = paths.root / entry["output"], paths.root / entry["html"]
@@ -448,6 +455,11 @@ def record_outcome(paths: RunPaths, manifest: dict, entry: dict) -> list[str]:
                 write_json_atomic(metrics, {**written, "stand_ins": manifest["stand_ins"]})
         except (OSError, ValueError) as exc:
             unwritten.append(f"  could not list the stand-ins in {metrics}: {exc}")
+    if entry["status"] == "ok":
+        try:
+            write_model_cards(paths.models, entry["name"], manifest, _metrics_of(paths, entry["name"]))
+        except (OSError, ValueError) as exc:
+            unwritten.append(f"  could not write the model cards of {entry['name']} in {paths.models}: {exc}")
     for path, write in ((paths.manifest, lambda: write_json_atomic(paths.manifest, manifest)),
                         (paths.index, lambda: write_index(paths, manifest))):
         try:

@@ -83,6 +83,13 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     for p in PATHS:
         assert (root / "html" / f"{p.stem}.html").exists() and f"html/{p.stem}.html" in index
 
+    # every saved model folder has its card: what it is, no path of the run
+    folders = [p for p in (root / "models").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert {"ddpm", "t2i-lora", "xgem"} <= {p.name for p in folders}
+    for folder in folders:
+        card = (folder / "README.md").read_text()
+        assert "Synthetic-data research use only" in card and "fingerprint `sha256:" in card, folder
+        assert str(root) not in card and str(tmp_path) not in card, folder
     # 00: the phantom of the profile's size, nothing skipped, every patient in one split
     data = json.loads((root / "metrics" / "00_data.json").read_text())
     assert (data["dataset"], data["n_subjects"], data["n_skipped"]) == ("phantom", 60, 0)
