@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from support.io import read_json, write_json_atomic
+from support.io import read_json, write_json_atomic, write_text_atomic
 from support.runs import DEFAULT_RUNS_ROOT, REPO_ROOT, RunPaths, create_run_dir, new_run_id
 
 NOTEBOOK_RE = re.compile(r"^(\d{2})_[A-Za-z0-9_]+\.ipynb$")
@@ -204,6 +204,27 @@ def parameters_for(nb: Notebook, profile_name: str, profile: dict, run_dir: Path
     if "allow_stand_ins" in nb.declared:
         params["allow_stand_ins"] = profile["allow_stand_ins"]
     return params
+
+
+PAPERMILL_DIR = "papermill"
+
+
+def papermill_files(notebooks_dir: Path, params_dir: Path) -> dict[Path, str]:
+    """For each profile and notebook, the file ``papermill -f`` reads: the profile's values for that
+    notebook and what the runner sets (seed, profile, allow_stand_ins), all but ``run_dir``."""
+    files = {}
+    notebooks = discover(notebooks_dir)
+    for name in (p for p in PROFILES if (Path(params_dir) / f"{p}.yaml").exists()):
+        path, profile = load_profile(params_dir, name)
+        for nb in notebooks:
+            params = parameters_for(nb, name, profile, Path("."))
+            del params["run_dir"]
+            head = (f"# papermill parameters of {nb.name} under the '{name}' profile, written from {path.name} by\n"
+                    f"#   python -m support.pipeline --write-papermill-params\n"
+                    f"# papermill notebooks/{nb.path.name} OUT.ipynb -f THIS_FILE -p run_dir outputs/runs/RUN\n")
+            files[Path(params_dir) / PAPERMILL_DIR / name / f"{nb.name}.yaml"] = \
+                head + yaml.safe_dump(params, sort_keys=False, allow_unicode=True)
+    return files
 
 
 def effective_parameters(nb: Notebook, params: dict) -> dict:
@@ -597,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-id", help="name of the run directory (default: date-time-profile)")
     ap.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its first unfinished notebook")
     ap.add_argument("--list", action="store_true", help="list the notebooks and their parameters, then exit")
+    ap.add_argument("--write-papermill-params", action="store_true",
+                    help="write <params-dir>/papermill/<profile>/<notebook>.yaml for papermill -f, then exit")
     ap.add_argument("--set", dest="overrides", action="append", metavar="NB.PARAM=VALUE",
                     help="override one parameter of the profile (repeatable)")
     ap.add_argument("--allow-stand-ins", action="store_true", default=None,
@@ -607,6 +630,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     params_dir = args.params_dir or args.notebooks_dir / "params"
     try:
+        if args.write_papermill_params:
+            for path, text in papermill_files(args.notebooks_dir, params_dir).items():
+                write_text_atomic(path, text)
+            print(f"wrote {params_dir / PAPERMILL_DIR}/<profile>/<notebook>.yaml")
+            return 0
         if args.list:
             list_notebooks(args.notebooks_dir, params_dir, args.profile)
             return 0

@@ -10,6 +10,8 @@ import yaml
 from support import pipeline
 from support.pipeline import PipelineError
 
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
 
 def run(nbdir: Path, runs: Path, **kw) -> Path:
     return pipeline.run("test", nbdir, nbdir / "params", runs, **kw)
@@ -105,6 +107,32 @@ def test_console_names_each_log_without_kernel_warnings(fixture_notebooks, tmp_p
     out, err = capfd.readouterr()              # the kernels' own stderr included (file descriptors)
     assert f"(log: {runs / 'r' / 'logs' / '00_first.log'})" in out
     assert "without encryption" not in out + err and "IPKernelApp" not in out + err
+
+
+def test_papermill_parameter_files_run_the_profile(fixture_notebooks, tmp_path):
+    import papermill
+
+    params = fixture_notebooks / "params"
+    files = pipeline.papermill_files(fixture_notebooks, params)
+    first = params / "papermill" / "test" / "00_first.yaml"
+    assert set(files) == {first, params / "papermill" / "test" / "01_second.yaml"}
+    assert pipeline.main(["--write-papermill-params", "--notebooks-dir", str(fixture_notebooks)]) == 0
+    values = yaml.safe_load(first.read_text())
+    assert values == {"greeting": "from-profile", "n_items": 5, "seed": 7}       # no notebooks=, no description=
+    run = tmp_path / "run"
+    with pipeline._KernelSpec() as kernel:           # this interpreter, as the runner's kernels
+        papermill.execute_notebook(str(fixture_notebooks / "00_first.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters={**values, "run_dir": str(run)}, cwd=str(fixture_notebooks),
+                                   kernel_name=kernel, progress_bar=False)
+    seen = json.loads((run / "metrics" / "first.json").read_text())
+    assert (seen["greeting"], seen["n_items"], seen["seed"]) == ("from-profile", 5, 7)
+
+
+def test_committed_papermill_files_match_the_profiles():
+    files = pipeline.papermill_files(NOTEBOOKS, NOTEBOOKS / "params")
+    stale = [str(p) for p, text in files.items() if not p.exists() or p.read_text() != text]
+    assert not stale, f"run `python -m support.pipeline --write-papermill-params`: stale {stale}"
+    assert len(files) == len(pipeline.PROFILES) * len(pipeline.discover(NOTEBOOKS))
 
 
 def test_existing_run_directory_is_never_overwritten(fixture_notebooks, tmp_path):
