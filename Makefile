@@ -35,7 +35,7 @@ mutation: venv
 
 lab: venv
 	$(BIN)/python -m ipykernel install --user --name synthcxr --display-name "Python (synthcxr .venv)"
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab --ServerApp.root_dir=. notebooks/00_data.ipynb   # browser at the repository: outputs/ in reach
 
 clean-venv:
 	rm -rf $(VENV)

@@ -2,6 +2,7 @@
 the whole pipeline under the test profile."""
 
 import json
+import re
 
 import numpy as np
 from pathlib import Path
@@ -29,6 +30,9 @@ def test_notebook_is_stored_clean_with_one_parameters_cell(path):
         if c["cell_type"] == "code":
             assert not c.get("outputs") and not c.get("execution_count"), f"{path.name}: stored with outputs"
     assert cells[0]["cell_type"] == "markdown" and cells[0]["source"], f"{path.name}: no title cell"
+    # JupyterLab opens it on the kernel `make lab` registers (this project's venv), not a bare python3
+    lab = re.search(r"ipykernel install --user --name (\S+)", (NOTEBOOKS.parent / "Makefile").read_text()).group(1)
+    assert nb["metadata"]["kernelspec"]["name"] == lab, f"{path.name}: kernel {nb['metadata']['kernelspec']}"
     declared = pipeline.discover(NOTEBOOKS)
     names = {nb.name: nb for nb in declared}[path.stem].declared
     assert "run_dir" in names and "seed" in names
