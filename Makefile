@@ -1,5 +1,7 @@
 # The two commands: `make demo` and `make test`. Both build .venv from the pinned requirement
-# files when it is missing or when those files changed, and reuse it otherwise.
+# files when it is missing or when those files changed, and reuse it otherwise. A .venv that make
+# did not build (no .requirements-hash: made by hand, e.g. for another CUDA runtime) is never
+# deleted: its packages are checked against the pins instead.
 SHELL := bash
 PY ?= python3
 VENV := .venv
@@ -14,6 +16,10 @@ venv:
 	@set -eo pipefail; \
 	want=$$(cat $(REQS) | sha256sum | cut -c1-16); \
 	if [ -x $(BIN)/python ] && [ "$$(cat $(VENV)/.requirements-hash 2>/dev/null)" = "$$want" ]; then exit 0; fi; \
+	if [ -x $(BIN)/python ] && [ ! -f $(VENV)/.requirements-hash ]; then \
+	  if $(BIN)/python environments/check_pins.py environments/requirements-dev.txt environments/requirements-nodeps.txt; then exit 0; fi; \
+	  echo "[venv] $(VENV) was not made by make, so it is kept; install the pins above into it, or remove it to let make build one" >&2; exit 1; \
+	fi; \
 	echo "[venv] creating $(VENV) from the pinned requirements ($$want)"; start=$$(date +%s); \
 	rm -rf $(VENV); $(PY) -m venv $(VENV); \
 	$(BIN)/pip install -q --disable-pip-version-check -r environments/requirements-dev.txt 2>&1 | { grep -v 'is ignored: it is neither' || true; }; \
