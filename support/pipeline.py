@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from support.io import read_json, write_json_atomic, write_text_atomic
-from support.runs import DEFAULT_RUNS_ROOT, REPO_ROOT, RunPaths, create_run_dir, new_run_id
+from support.runs import DEFAULT_RUNS_ROOT, IN_REPOSITORY, REPO_ROOT, RunPaths, create_run_dir, new_run_id
 
 NOTEBOOK_RE = re.compile(r"^(\d{2})_[A-Za-z0-9_]+\.ipynb$")
 PROFILES = ("test", "quick", "study", "full")
@@ -65,7 +65,8 @@ def discover(notebooks_dir: Path) -> list[Notebook]:
 
     notebooks_dir = Path(notebooks_dir)
     if not notebooks_dir.is_dir():
-        raise PipelineError(f"{notebooks_dir}: notebooks directory not found")
+        raise PipelineError(f"{notebooks_dir}: notebooks directory not found; the runner executes the notebooks "
+                            f"of a clone of the repository: give its notebooks/ with --notebooks-dir")
     found = []
     for path in sorted(notebooks_dir.glob("*.ipynb")):
         if not NOTEBOOK_RE.match(path.name):
@@ -624,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="override one parameter of the profile (repeatable)")
     ap.add_argument("--allow-stand-ins", action="store_true", default=None,
                     help="full: run the small stand-ins where published weights or data are not given")
-    ap.add_argument("--notebooks-dir", type=Path, default=REPO_ROOT / "notebooks")
+    ap.add_argument("--notebooks-dir", type=Path, default=REPO_ROOT / "notebooks" if IN_REPOSITORY else Path("notebooks"),
+                    help="the notebooks to run (default: the repository's, or ./notebooks when installed as a library)")
     ap.add_argument("--params-dir", type=Path, default=None, help="default: <notebooks-dir>/params")
     ap.add_argument("--runs-root", type=Path, default=DEFAULT_RUNS_ROOT)
     args = ap.parse_args(argv)

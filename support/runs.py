@@ -9,7 +9,10 @@ import re
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RUNS_ROOT = REPO_ROOT / "outputs" / "runs"
+# In a clone (an editable install) runs go under the repository; installed as a library, the
+# package has no repository around it, so runs go under the working directory.
+IN_REPOSITORY = (REPO_ROOT / "notebooks").is_dir()
+DEFAULT_RUNS_ROOT = (REPO_ROOT if IN_REPOSITORY else Path.cwd()) / "outputs" / "runs"
 SUBDIRS = ("data", "models", "samples", "figures", "metrics", "notebooks", "html")
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
