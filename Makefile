@@ -10,7 +10,7 @@ REQS := environments/requirements-cpu.txt environments/requirements-nodeps.txt e
 PROFILE ?= quick
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test mutation lab benchmark clean-venv
+.PHONY: venv demo test mutation lab benchmark bench-deps clean-venv
 
 venv:
 	@set -eo pipefail; \
@@ -38,6 +38,11 @@ test: venv
 # Mutation testing of the research-critical functions (tests/mutation.toml); GROUPS= picks some.
 mutation: venv
 	$(BIN)/python tests/mutation.py $(GROUPS)
+
+# The benchmarks' peers, apart from the project's packages (environments/requirements-bench.txt).
+BENCH_PACKAGES ?= $(HOME)/.cache/synthcxr/bench-packages
+bench-deps: venv
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --target $(BENCH_PACKAGES) -r environments/requirements-bench.txt
 
 lab: venv
 	$(BIN)/python -m ipykernel install --user --name synthcxr --display-name "Python (synthcxr .venv)"

@@ -40,3 +40,17 @@ def test_a_hand_made_venv_off_the_pins_is_kept_and_named(tmp_path):
     assert done.returncode != 0
     assert "torch: " in done.stderr and "0.0.1 pinned" in done.stderr and "was not made by make" in done.stderr
     assert (root / ".venv" / "precious").read_text() == "keep"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_bench_deps_installs_the_pinned_peers_where_the_benchmarks_look():
+    from support.benchmarks.ddpm import DEFAULT_REFERENCE_PATH
+
+    done = subprocess.run(["make", "-n", "bench-deps", "HOME=/home/someone"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--target /home/someone/.cache/synthcxr/bench-packages -r environments/requirements-bench.txt" in done.stdout
+    assert DEFAULT_REFERENCE_PATH == Path("~/.cache/synthcxr/bench-packages").expanduser()
+    pins = (ROOT / "environments" / "requirements-bench.txt").read_text()
+    for peer in ("denoising-diffusion-pytorch==", "einops==", "ema-pytorch==", "pytorch-fid=="):
+        assert peer in pins

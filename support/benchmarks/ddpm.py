@@ -10,8 +10,7 @@ timesteps, objective (v) and schedule (sigmoid), trained by the inner loop of th
 (ancestral at 1,000 steps, DDIM below). Their package is not a project dependency: install it
 apart and point ``--reference-path`` (or ``DDPM_REFERENCE_PATH``) at it::
 
-    pip install --no-deps --target ~/.cache/synthcxr/bench-packages \\
-        denoising-diffusion-pytorch==2.3.4 einops ema-pytorch pytorch-fid
+    make bench-deps      # environments/requirements-bench.txt into ~/.cache/synthcxr/bench-packages
 
 Without it, their half is skipped with a message. Both implementations run alternately, each
 measurement repeated and the median kept, so load from other processes hits both alike.
@@ -49,9 +48,8 @@ def import_reference(path: str | Path | None):
         from denoising_diffusion_pytorch import GaussianDiffusion, Unet
         from ema_pytorch import EMA
     except ImportError as exc:
-        return None, (f"denoising-diffusion-pytorch not importable ({exc}); install it with "
-                      f"`pip install --no-deps --target {DEFAULT_REFERENCE_PATH} denoising-diffusion-pytorch "
-                      f"einops ema-pytorch pytorch-fid` or pass --reference-path")
+        return None, (f"denoising-diffusion-pytorch not importable ({exc}); install the peers with "
+                      f"`make bench-deps` (into {DEFAULT_REFERENCE_PATH}) or pass --reference-path")
     return (Unet, GaussianDiffusion, EMA), None
 
 
