@@ -5,6 +5,7 @@
     synthcxr sample ddpm --model RUN/models/ddpm --n 1000 --out DIR
     synthcxr sample t2i --model RUN --prompt "..." | --findings "Pleural Effusion=16,No Finding=16" --out DIR
     synthcxr sample xgem --model RUN/models/xgem --direction "T->F+L" --report "..." --out DIR
+    synthcxr export --set RUN/samples/ddpm-dpmsolver++-25 --out DIR   a Hugging Face imagefolder
     synthcxr bench STAGE [args]                a stage's benchmark against its peer
 
 Each generator writes a MIMIC-CXR-JPG-layout dataset with its provenance columns, as 04 does.
@@ -116,6 +117,10 @@ def parser() -> argparse.ArgumentParser:
             g.add_argument("--prompt", action="append", default=[], help="a report text to draw (repeatable)")
             g.add_argument("--findings", help='a finding mix, e.g. "Pleural Effusion=16,No Finding=16"')
     gens.add_parser("xgem", help="XGeM's directions (03); its options follow", add_help=False)
+    export = sub.add_parser("export", help="a dataset folder as a Hugging Face imagefolder (metadata.jsonl)")
+    export.add_argument("--set", dest="dataset", type=Path, required=True,
+                        help="a dataset folder in the MIMIC-CXR-JPG layout (a synthetic set, the phantom)")
+    export.add_argument("--out", type=Path, required=True, help="the imagefolder to write (must not exist)")
     bench = sub.add_parser("bench", help="a stage's benchmark against its peer; its options follow", add_help=False)
     bench.add_argument("stage", choices=BENCH_STAGES)
     return ap
@@ -135,6 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         from support import pipeline
         return pipeline.main(["--list", *(["--profile", args.profile] if args.profile else [])])
+    if args.command == "export":
+        from support.data.export import export_imagefolder
+        try:
+            counts = export_imagefolder(args.dataset, args.out)
+        except (OSError, ValueError) as exc:
+            print(f"\n{exc}", file=sys.stderr)
+            return 1
+        print(f"{args.out}: {sum(counts.values())} images ({', '.join(f'{k} {v}' for k, v in counts.items())}); "
+              f'datasets.load_dataset("imagefolder", data_dir="{args.out}")')
+        return 0
     try:
         summary = {"ddpm": sample_ddpm, "t2i": sample_t2i}[args.generator](args)
     except (OSError, ValueError) as exc:        # errors that name the file or option at fault

@@ -70,3 +70,22 @@ def test_console_script_is_declared_and_answers():
     assert project["project"]["scripts"]["synthcxr"] == "support.cli:main"
     done = subprocess.run([sys.executable, "-m", "support.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "synthcxr sample ddpm" in done.stdout
+
+
+def test_export_is_an_imagefolder_that_datasets_reads(run_with_ddpm, tmp_path, capsys):
+    import datasets
+
+    synthetic = tmp_path / "set"
+    assert cli.main(["sample", "ddpm", "--model", str(run_with_ddpm), "--n", "4", "--out", str(synthetic),
+                     "--profile", "test", "--seed", "3"]) == 0
+    out = tmp_path / "hf"
+    assert cli.main(["export", "--set", str(synthetic), "--out", str(out)]) == 0
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out))
+    rows = [row for split in loaded.values() for row in split]
+    assert len(rows) == 4
+    assert sorted(int(r["provenance_seed"]) for r in rows) == [3, 4, 5, 6]
+    assert {r["provenance_generator"] for r in rows} == {"ddpm"} and {r["provenance_sampler"] for r in rows} == {"ddim"}
+    assert all(r["image"].size == (16, 16) for r in rows) and all(r["subject_id"].startswith("9") for r in rows)
+    assert str(tmp_path) not in "".join(p.read_text() for p in out.rglob("metadata.jsonl"))
+    assert cli.main(["export", "--set", str(synthetic), "--out", str(out)]) == 1       # never overwrites
+    assert "already exists" in capsys.readouterr().err
