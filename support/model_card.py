@@ -8,15 +8,14 @@ the data: the runner writes it from the run's manifest and the notebook's metric
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from support.headlines import headline_rows
 from support.io import write_text_atomic
 
 CARD = "README.md"
-MAX_METRICS = 16
 
 USE = ("Synthetic-data research use only: a model trained by this toolkit for research on synthetic "
        "chest X-ray data. It is not a medical device and must not inform the care of any patient.")
@@ -31,18 +30,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The notebook's top-level numbers (finite ints and floats, not flags), at most ``MAX_METRICS``."""
-    out = {}
-    for key, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            continue
-        out[key] = value
-        if len(out) == MAX_METRICS:
-            break
-    return out
 
 
 def model_card(name: str, notebook: str, manifest: Mapping[str, Any], metrics: Mapping[str, Any],
@@ -66,13 +53,14 @@ def model_card(name: str, notebook: str, manifest: Mapping[str, Any], metrics: M
               json.dumps(_plain(params), indent=2, sort_keys=True, default=str), "```"]
     if has_config:
         lines += ["", "The full training configuration is `config.json` beside this file."]
-    headline = headline_metrics(metrics)
+    rows, _ = headline_rows(notebook, metrics)         # the same curated figures as the run's index.html
     lines += ["", "## Headline metrics", ""]
-    if headline:
-        lines += [f"- `{k}`: {v:.6g}" if isinstance(v, float) else f"- `{k}`: {v}" for k, v in headline.items()]
+    if rows:
+        lines += [f"- {label}: {value} {unit}".rstrip() + (f" ({meaning})" if meaning else "")
+                  for label, value, unit, meaning in rows]
         lines.append(f"\nEvery figure of the notebook is in the run's `metrics/{notebook}.json`.")
     else:
-        lines.append(f"The notebook wrote no numbers (`metrics/{notebook}.json`).")
+        lines.append(f"No headline figures; the notebook's numbers are in the run's `metrics/{notebook}.json`.")
     lines += ["", "## Use", "", USE, ""]
     return "\n".join(lines)
 

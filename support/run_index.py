@@ -5,44 +5,34 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any, Iterator
 
+from support.headlines import caption, headline_rows
 from support.io import write_text_atomic
 from support.runs import RunPaths
 
-MAX_METRICS_PER_FILE = 24
 
-
-def flatten_scalars(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Numbers, strings and booleans of a nested metrics mapping, keyed by dotted paths."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from flatten_scalars(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(obj, (int, float, str, bool)) or obj is None:
-        yield prefix, obj
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def headline_metrics(metrics_dir: Path) -> list[tuple[str, list[tuple[str, Any]]]]:
-    out = []
-    for path in sorted(Path(metrics_dir).glob("*.json")):
+def metric_blocks(paths: RunPaths) -> list[str]:
+    """Per metrics file: its curated headlines (number, unit, meaning) and links to the whole file
+    and the notebook's CSVs."""
+    e = html.escape
+    blocks = []
+    for path in sorted(Path(paths.metrics).glob("*.json")):
+        rel = path.relative_to(paths.root)
+        csvs = sorted(p.relative_to(paths.root) for p in paths.metrics.glob(f"{path.stem}*.csv"))
+        links = " · ".join(f'<a href="{e(str(p))}">{e(p.name)}</a>' for p in [rel, *csvs])
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            out.append((path.name, [("error", f"unreadable: {exc}")]))
+            blocks.append(f"<h3>{e(path.stem)}</h3><p class='err'>unreadable: {e(str(exc))}</p>")
             continue
-        if isinstance(data, dict):
-            data = {k: v for k, v in data.items() if k != "stand_ins"}     # the page's banner lists them
-        items = list(flatten_scalars(data))
-        if len(items) > MAX_METRICS_PER_FILE:
-            items = items[:MAX_METRICS_PER_FILE] + [("…", f"{len(items) - MAX_METRICS_PER_FILE} more in {path.name}")]
-        out.append((path.name, items))
-    return out
+        rows, more = headline_rows(path.stem, data if isinstance(data, dict) else {})
+        trs = "".join(f"<tr><td>{e(label)}</td><td class='v'>{e(value)}</td><td>{e(unit)}</td>"
+                      f"<td class='m'>{e(meaning)}</td></tr>" for label, value, unit, meaning in rows)
+        table = (f"<table class='metrics'><tr><th>what</th><th>value</th><th>unit</th><th>how to read it</th></tr>"
+                 f"{trs}</table>") if rows else ""
+        tail = f"{more} more headline rows and every other figure in " if more else "Every figure in "
+        blocks.append(f"<h3>{e(path.stem)}</h3>{table}<p class='links'>{tail}{links}</p>")
+    return blocks
 
 
 def write_index(paths: RunPaths, manifest: dict) -> Path:
@@ -58,14 +48,12 @@ def write_index(paths: RunPaths, manifest: dict) -> Path:
         err = f'<div class="err">{e(nb["error"])}</div>' if nb.get("error") else ""
         rows.append(f"<tr class='{e(nb['status'])}'><td>{i}</td><td>{e(nb['name'])}</td>"
                     f"<td>{e(nb['status'])}{err}</td><td>{dur}</td><td>{' · '.join(links)}</td></tr>")
-    metric_blocks = []
-    for name, items in headline_metrics(paths.metrics):
-        trs = "".join(f"<tr><td>{e(k)}</td><td>{e(_fmt(v))}</td></tr>" for k, v in items)
-        metric_blocks.append(f"<h3>{e(name)}</h3><table class='metrics'>{trs}</table>")
+    blocks = metric_blocks(paths) if paths.metrics.exists() else []
     git = manifest.get("git", {})
     commit = (git.get("commit") or "unknown")[:12] + (" (uncommitted changes)" if git.get("dirty") else "")
     figures = sorted(p.relative_to(paths.root) for p in paths.figures.glob("*.png")) if paths.figures.exists() else []
-    fig_html = "".join(f'<a href="{e(str(p))}"><img src="{e(str(p))}" alt="{e(p.name)}"></a>' for p in figures)
+    fig_html = "".join(f'<figure><a href="{e(str(p))}"><img src="{e(str(p))}" alt="{e(caption(p.stem))}"></a>'
+                       f'<figcaption>{e(p.stem[:2])} · {e(caption(p.stem))}</figcaption></figure>' for p in figures)
     stand_ins = "".join(f"<li><b>{e(p['parameter'])}</b>: {e(p['stand_in'])} in place of {e(p['published'])}</li>"
                         for p in manifest.get("stand_ins") or [])
     if stand_ins:
@@ -79,7 +67,10 @@ table {{ border-collapse: collapse; margin-bottom: 1em; }}
 td, th {{ border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; vertical-align: top; }}
 tr.ok td:nth-child(3) {{ color: #176117; }} tr.failed td:nth-child(3), .err {{ color: #a11; }}
 tr.pending td, tr.running td {{ color: #777; }}
-.figs img {{ max-height: 180px; margin: 0.3em; border: 1px solid #ddd; }}
+.figs {{ display: flex; flex-wrap: wrap; gap: 0.6em; }}
+figure {{ margin: 0; max-width: 22em; }} figure img {{ max-height: 180px; max-width: 100%; border: 1px solid #ddd; }}
+figcaption {{ font-size: 0.85em; color: #444; }} td.v {{ text-align: right; font-variant-numeric: tabular-nums; }}
+td.m, p.links {{ color: #555; font-size: 0.9em; }}
 .stand-ins {{ background: #fff4d6; border: 1px solid #e0b84c; padding: 0.5em 1em; }}
 </style></head><body>
 <h1>Run {e(manifest['run_id'])}</h1>
@@ -90,7 +81,7 @@ created {e(manifest['created'])} · code {e(commit)} · <a href="manifest.json">
 <table><tr><th>#</th><th>notebook</th><th>status</th><th>time</th><th>links</th></tr>
 {''.join(rows)}</table>
 <h2>Headline metrics</h2>
-{''.join(metric_blocks) or '<p>No notebook has written metrics/*.json yet.</p>'}
+{''.join(blocks) or '<p>No notebook has written metrics/*.json yet.</p>'}
 <h2>Figures</h2><div class="figs">{fig_html or '<p>None yet.</p>'}</div>
 </body></html>
 """

@@ -87,6 +87,13 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     for p in PATHS:
         assert (root / "html" / f"{p.stem}.html").exists() and f"html/{p.stem}.html" in index
 
+    # index.html: curated headlines for every notebook that wrote metrics (their keys still exist)
+    from support.headlines import headline_rows
+
+    for metrics_file in sorted((root / "metrics").glob("*.json")):
+        rows, _ = headline_rows(metrics_file.stem, json.loads(metrics_file.read_text()))
+        assert rows, f"{metrics_file.name}: no curated headline key matches the metrics any more"
+        assert f'href="metrics/{metrics_file.name}"' in index
     # every saved model folder has its card: what it is, no path of the run
     folders = [p for p in (root / "models").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert {"ddpm", "t2i-lora", "xgem"} <= {p.name for p in folders}
