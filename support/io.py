@@ -98,19 +98,67 @@ def _json_default(obj: Any):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+# A run folder is self-contained: a path inside it is stored relative to it ("run:models/ddpm"),
+# so a moved or unzipped run still resolves; a path outside it (an input the user gave) stays absolute.
+RUN_PREFIX = "run:"
+_RUN_MARKERS = ("data", "models", "metrics")
+
+
+def run_root_of(path: str | os.PathLike) -> Path | None:
+    """The run folder ``path`` lies in (the nearest folder above it with a ``manifest.json`` or the
+    run's ``data``, ``models`` and ``metrics`` folders), or None."""
+    for folder in Path(os.path.abspath(path)).parents:
+        if (folder / "manifest.json").is_file() or all((folder / d).is_dir() for d in _RUN_MARKERS):
+            return folder
+    return None
+
+
+def _portable(obj: Any, root: Path) -> Any:
+    if isinstance(obj, os.PathLike):
+        obj = os.fspath(obj)
+    if isinstance(obj, str) and os.path.isabs(obj):
+        try:
+            rel = Path(os.path.normpath(obj)).relative_to(root)
+        except ValueError:
+            return obj
+        return RUN_PREFIX + rel.as_posix()
+    if isinstance(obj, dict):
+        return {k: _portable(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_portable(v, root) for v in obj]
+    return obj
+
+
+def _resolved(obj: Any, root: Path) -> Any:
+    if isinstance(obj, str) and obj.startswith(RUN_PREFIX):
+        return os.path.normpath(root / obj[len(RUN_PREFIX):])
+    if isinstance(obj, dict):
+        return {k: _resolved(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_resolved(v, root) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
+    """JSON, atomically; inside a run folder, paths within the run are stored relative to it."""
+    root = run_root_of(path)
+    if root is not None:
+        obj = _portable(json.loads(json.dumps(obj, default=_json_default)), root.resolve())
     text = json.dumps(obj, indent=indent, default=_json_default, sort_keys=False)
     write_text_atomic(path, text + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """JSON; inside a run folder, its relative paths resolved against where the run is now."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    root = run_root_of(path)
+    return _resolved(data, root.resolve()) if root is not None else data
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

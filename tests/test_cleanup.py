@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from support.io import read_json
 from support.cleanup import (
     Cleaner, CleanupConfig, DetectConfig, InpaintConfig, MaskConfig, TextBox, clean_dataset, cleanup_config,
     evaluate_cleanup, load_text_truth, masked_psnr, masked_ssim, match_items, read_cleanup_records,
@@ -456,7 +457,7 @@ def test_the_runs_generated_sets_are_cleaned_beside_themselves(source_root, tmp_
     assert sorted(cleaned["image_id"]) == sorted(source["image_id"])                 # every image, same labels
     assert (cleaned.set_index("image_id")["No Finding"] == source.set_index("image_id")["No Finding"]).all()
     assert {p["cleanup_status"] for p in cleaned["provenance"]} == {"cleaned", "unchanged"}
-    info = json.loads((tmp_path / "samples" / "t2i-lora-pndm-25-cleaned" / "dataset.json").read_text())
+    info = read_json(tmp_path / "samples" / "t2i-lora-pndm-25-cleaned" / "dataset.json")
     assert info["info"]["source"] == str((tmp_path / "samples" / "t2i-lora-pndm-25").resolve())
     again = clean_synthetic_sets(tmp_path, ["t2i-lora", "ddpm"], cleaner, progress=False)   # no cleaned set cleaned
     assert set(again) == {"t2i-lora-pndm-25", "ddpm-dpmsolver++-25"}

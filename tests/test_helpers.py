@@ -41,6 +41,25 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask):
     assert io.current_umask() == old
 
 
+def test_json_in_a_run_folder_keeps_run_paths_relative_and_survives_a_move(tmp_path):
+    import json
+    import shutil
+
+    run = create_run_dir(tmp_path / "runs", "r")
+    io.write_json_atomic(run.metrics / "m.json", {"model": run.models / "ddpm", "root": str(run.root),
+                                                  "given": "/data/mimic", "view": "PA", "nested": [str(run.data)]})
+    raw = json.loads((run.metrics / "m.json").read_text())
+    assert raw == {"model": "run:models/ddpm", "root": "run:.", "given": "/data/mimic", "view": "PA",
+                   "nested": ["run:data"]}
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(run.root), moved)
+    back = io.read_json(moved / "metrics" / "m.json")
+    assert back["model"] == str(moved / "models" / "ddpm") and back["root"] == str(moved)
+    assert back["given"] == "/data/mimic" and back["nested"] == [str(moved / "data")]
+    io.write_json_atomic(tmp_path / "loose.json", {"p": str(tmp_path / "x")})      # outside a run: as given
+    assert json.loads((tmp_path / "loose.json").read_text())["p"] == str(tmp_path / "x")
+
+
 def test_json_handles_numpy_and_paths(tmp_path):
     io.write_json_atomic(tmp_path / "m.json", {"a": np.float32(0.5), "b": np.arange(3), "p": Path("/x")})
     assert io.read_json(tmp_path / "m.json") == {"a": 0.5, "b": [0, 1, 2], "p": "/x"}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from support import pipeline
+from support.io import read_json
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -80,7 +81,7 @@ def test_every_profile_the_runner_knows_is_a_preset_of_every_system():
 @pytest.mark.notebooks
 def test_whole_pipeline_runs_under_test_profile(tmp_path):
     root = pipeline.run("test", NOTEBOOKS, NOTEBOOKS / "params", tmp_path / "runs", run_id="t")
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = read_json(root / "manifest.json")
     assert manifest["status"] == "ok"
     assert [e["name"] for e in manifest["notebooks"]] == [p.stem for p in PATHS]
     index = (root / "index.html").read_text()
@@ -102,7 +103,7 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
         assert "Synthetic-data research use only" in card and "fingerprint `sha256:" in card, folder
         assert str(root) not in card and str(tmp_path) not in card, folder
     # 00: the phantom of the profile's size, nothing skipped, every patient in one split
-    data = json.loads((root / "metrics" / "00_data.json").read_text())
+    data = read_json(root / "metrics" / "00_data.json")
     assert (data["dataset"], data["n_subjects"], data["n_skipped"]) == ("phantom", 60, 0)
     assert data["n_images"] >= data["n_studies"] >= data["n_subjects"] and data["stand_ins"]
     from support.data import source
@@ -116,7 +117,7 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     from support.data.adapters import load_dataset
     from support.xgem.generate import DIRECTIONS, parse_direction
 
-    xgem = json.loads((root / "metrics" / "03_xgem.json").read_text())
+    xgem = read_json(root / "metrics" / "03_xgem.json")
     updates = {row["stage"]: row["updates"] for row in xgem["stages"]}
     assert all(updates[s] == 3 for s in ("image_vae", "report_vae", "contrastive", "frontal", "lateral", "report",
                                          "joint", "frontal (single-prompt)"))
@@ -142,11 +143,11 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     assert set(differences["measure"]) == {"auroc", "agreement", "fd"}
     assert (Path(xgem["model"]) / "joint" / "joint.safetensors").is_file()
     # 02: the DDPM trained its updates, and its samples are nearer the real images than an untrained net's
-    ddpm = json.loads((root / "metrics" / "02_ddpm.json").read_text())
+    ddpm = read_json(root / "metrics" / "02_ddpm.json")
     assert ddpm["updates"] > 0 and np.isfinite(ddpm["final_loss"]) and np.isfinite(ddpm["val_loss_ema"])
     assert 0 < ddpm["pixel_fd_trained"] < ddpm["pixel_fd_untrained"]
     assert (Path(ddpm["pipeline"]) / "model_index.json").is_file()
-    lora = json.loads((root / "metrics" / "01_lora_t2i.json").read_text())
+    lora = read_json(root / "metrics" / "01_lora_t2i.json")
     assert lora["updates"] == 4 and 0 < lora["trainable_share_unet"] < 0.2
     assert (Path(lora["lora_weights"]) / "pytorch_lora_weights.safetensors").is_file()
     assert lora["mean_abs_change"] > 0 and lora["before_after_prompts"] == 4
@@ -159,7 +160,7 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     assert full_row["trainable_share_unet"] == 1.0
     assert set(lora["fd_to_target"]) == {"base", "base+LoRA", "full fine-tune", "real (train)"}
     # 04: the report-conditioned set, with the prompt and requested labels of each image
-    sampling = json.loads((root / "metrics" / "04_sampling.json").read_text())
+    sampling = read_json(root / "metrics" / "04_sampling.json")
     t2i_root = Path(sampling["t2i_set"])
     assert sampling["t2i_n_samples"] == 6 and t2i_root.parent == root / "samples"
 
@@ -173,7 +174,7 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     assert (triplets.groupby("study_id")["view"].apply(lambda v: "LATERAL" in set(v))).all()
     assert (triplets["findings"].fillna("") + triplets["impression"].fillna("")).str.len().gt(0).all()
     # 06 judged both synthetic sets, conditional fidelity where findings were requested
-    evaluation = json.loads((root / "metrics" / "06_evaluation.json").read_text())
+    evaluation = read_json(root / "metrics" / "06_evaluation.json")
     name = t2i_root.name
     assert f"{name}.fd" in evaluation and f"{name}.cond_auroc_mean" in evaluation
     assert "xgem-t2fl.fd" in evaluation and "xgem-t2fl.cond_auroc_mean" in evaluation
@@ -186,7 +187,7 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
         evaluation["utility_mean_auroc"])
     assert all(0 <= v <= 1 for v in evaluation["utility_mean_auroc"].values() if np.isfinite(v))
     # 05 cleaned the generated set beside itself, which 06 judged too, with the labels it was asked for
-    cleanup = json.loads((root / "metrics" / "05_cleanup.json").read_text())
+    cleanup = read_json(root / "metrics" / "05_cleanup.json")
     assert cleanup["cleaned_sets"][name]["images"] == 6 and cleanup["cleaned_sets"][name]["skipped"] == 0
     assert f"{name}-cleaned.fd" in evaluation and f"{name}-cleaned.cond_auroc_mean" in evaluation
     # 05's measured text removal on the phantom: text found, and nothing changed outside the masks
@@ -195,22 +196,39 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
         assert cleanup[f"{backend}.outside_changed_pixels"] == 0
         assert not np.isnan(cleanup[f"{backend}.psnr_after"])          # inf: every text pixel restored exactly
     # 07: DINO on the real split and each uncleaned synthetic set, every headline a probability or a Dice
-    dino = json.loads((root / "metrics" / "07_ssl_dino.json").read_text())
+    dino = read_json(root / "metrics" / "07_ssl_dino.json")
     assert set(dino["sources"]) == {"real", "none"} | {p.name for p in (root / "samples").iterdir()
                                                        if not p.name.endswith("-cleaned")}
     assert dino["sources"]["none"] == 0 and all(n > 0 for k, n in dino["sources"].items() if k != "none")
     assert set(dino["encoders"]) == set(dino["sources"]) - {"none"} and dino["headline"] and dino["skipped"] == {}
     assert all(0 <= v <= 1 for v in dino["headline"].values() if v is not None and np.isfinite(v))
     # 08: both ablations on the real split and on the report-carrying sets (T2I-LoRA's, XGeM's), not on the DDPM's
-    cmcgns = json.loads((root / "metrics" / "08_cmcgns_pretrain.json").read_text())
+    cmcgns = read_json(root / "metrics" / "08_cmcgns_pretrain.json")
     assert set(cmcgns["sources"]) == {"real", name, "xgem-t2fl"} and cmcgns["sources"][name] == 6
     assert cmcgns["skipped"] == {}
     assert list(cmcgns["not_sources"]) == [p.name for p in (root / "samples").iterdir() if p.name.startswith("ddpm")]
     for run in ("global|real", f"cmcgns|{name}"):
         assert (Path(cmcgns["encoders"][run]) / "encoder.safetensors").is_file()
     # 09: 08's encoders beside a random start and the reference encoder, on one table
-    downstream = json.loads((root / "metrics" / "09_cmcgns_downstream.json").read_text())
+    downstream = read_json(root / "metrics" / "09_cmcgns_downstream.json")
     assert set(downstream["encoders"]) == {f"{m}|{src}" for m in ("global", "cmcgns") for src in ("real", name,
                                                                                                   "xgem-t2fl")} | \
         {"random", "reference"}
     assert any(k.startswith("cmcgns|real|covidx|linear") for k in downstream["headline"])
+
+    # a run folder is self-contained: moved elsewhere, its files name no old path and 04 runs on it again
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "moved-run"
+    moved.parent.mkdir()
+    shutil.move(str(root), moved)
+    ours = [moved / "manifest.json", *(moved / "metrics").glob("*.json"), *(moved / "data").glob("*.json"),
+            *(moved / "samples").glob("*/dataset.json"), *(moved / "models").glob("*/history.json")]
+    assert not [p for p in ours if str(root) in p.read_text()]
+    manifest = read_json(moved / "manifest.json")
+    params = manifest["parameters"]["04_sampling"]
+    assert params["run_dir"] == str(moved)
+    again = {nb.name: nb for nb in pipeline.discover(NOTEBOOKS)}["04_sampling"]
+    with pipeline._KernelSpec() as kernel:
+        pipeline.execute(again, moved / "notebooks" / "04_again.ipynb", params, kernel, moved / "logs" / "04_again.log")
+    assert read_json(moved / "metrics" / "04_sampling.json")["t2i_set"] == str(moved / "samples" / name)

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from support import pipeline
+from support.io import read_json
 from support.pipeline import PipelineError
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -22,13 +23,13 @@ def test_injects_profile_parameters_and_writes_run_directory(fixture_notebooks, 
     root = run(fixture_notebooks, runs, run_id="r1")
     assert root == (runs / "r1").resolve()
 
-    seen = json.loads((root / "metrics" / "first.json").read_text())
+    seen = read_json(root / "metrics" / "first.json")
     assert seen["greeting"] == "from-profile" and seen["n_items"] == 5 and seen["seed"] == 7
     assert seen["HF_HUB_OFFLINE"] == "1" and seen["TRANSFORMERS_OFFLINE"] == "1"
     assert Path(seen["cwd"]) == fixture_notebooks  # same working directory as in JupyterLab
-    assert json.loads((root / "metrics" / "second.json").read_text()) == {"product": 15.0}
+    assert read_json(root / "metrics" / "second.json") == {"product": 15.0}
 
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = read_json(root / "manifest.json")
     assert manifest["profile"] == "test" and manifest["status"] == "ok"
     assert manifest["seeds"]["profile"] == 7
     assert manifest["parameters"]["00_first"]["run_dir"] == str(root)
@@ -41,7 +42,7 @@ def test_injects_profile_parameters_and_writes_run_directory(fixture_notebooks, 
     index = (root / "index.html").read_text()
     for name in ("00_first", "01_second"):
         assert f'href="html/{name}.html"' in index and f'href="notebooks/{name}.ipynb"' in index
-    assert "from-profile" in index and "product" in index  # headline metrics shown
+    assert 'href="metrics/first.json"' in index and 'href="metrics/second.json"' in index   # linked, not dumped
     out = capsys.readouterr().out
     assert "[1/2] 00_first" in out and "[2/2] 01_second" in out and "elapsed" in out
 
@@ -82,7 +83,7 @@ def test_failure_stops_reports_cell_and_resume_continues(fixture_notebooks, tmp_
     assert "ValueError: boom: failure requested by the test" in err
     assert "--resume" in err
     root = runs / "bad"
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = read_json(root / "manifest.json")
     assert [e["status"] for e in manifest["notebooks"]] == ["ok", "failed"]
     assert manifest["status"] == "failed"
     assert (root / "html" / "01_second.html").exists()  # the failed notebook is rendered too
@@ -92,12 +93,12 @@ def test_failure_stops_reports_cell_and_resume_continues(fixture_notebooks, tmp_
     for extra in (["--set", "01_second.fail_if_exists="], ["--only", "01"], ["--profile", "test"], ["--run-id", "x"]):
         assert pipeline.main(["--resume", str(root), "--notebooks-dir", str(fixture_notebooks), *extra]) == 1
         assert f"{extra[0]} would be ignored" in capsys.readouterr().err
-    assert [e["status"] for e in json.loads((root / "manifest.json").read_text())["notebooks"]] == ["ok", "failed"]
+    assert [e["status"] for e in read_json(root / "manifest.json")["notebooks"]] == ["ok", "failed"]
     assert pipeline.main(["--resume", str(root), "--notebooks-dir", str(fixture_notebooks)]) == 0
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = read_json(root / "manifest.json")
     assert [e["status"] for e in manifest["notebooks"]] == ["ok", "ok"] and manifest["status"] == "ok"
     assert (root / "count_00.txt").read_text().count("ran") == 1  # 00 was not run again
-    assert json.loads((root / "metrics" / "second.json").read_text()) == {"product": 15.0}
+    assert read_json(root / "metrics" / "second.json") == {"product": 15.0}
 
 
 def test_console_names_each_log_without_kernel_warnings(fixture_notebooks, tmp_path, capfd):

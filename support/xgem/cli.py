@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import re
 import sys
 from pathlib import Path
@@ -185,7 +184,8 @@ def model_config(model: Path, profile: str | None, sets: Sequence[str]):
     saved = model / CONFIG_FILE
     if saved.is_file():
         try:
-            source = json.loads(saved.read_text(encoding="utf-8"))
+            from support.io import read_json
+            source = read_json(saved)
             stored_profile, stored = source["profile"], source.get("overrides") or {}
         except (ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{saved}: expected {{\"profile\": ..., \"overrides\": {{...}}}} ({exc})") from None

@@ -108,7 +108,8 @@ def _processor_stats(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]
     path = folder / "preprocessor_config.json"
     if not path.is_file():
         return CLIP_MEAN, CLIP_STD
-    stats = json.loads(path.read_text())
+    from support.io import read_json
+    stats = read_json(path)
     return tuple(stats.get("image_mean", CLIP_MEAN)), tuple(stats.get("image_std", CLIP_STD))
 
 
@@ -450,7 +451,8 @@ def load_contrastive(folder: str | os.PathLike) -> tuple[ContrastiveModel, Any]:
     folder = Path(folder)
     if not (folder / TOWERS_JSON).is_file():
         raise FileNotFoundError(f"{folder}: no {TOWERS_JSON}; expected the output folder of the contrastive stage")
-    spec = json.loads((folder / TOWERS_JSON).read_text())
+    from support.io import read_json
+    spec = read_json(folder / TOWERS_JSON)
     tokenizer = load_tokenizer(folder / TOKENIZER_DIR)
     model = ContrastiveModel(CLIPModel(CLIPConfig.from_dict(spec["clip"])), tokenizer, spec["max_tokens"],
                              spec["logit_scale_max"], spec.get("pixel_mean"), spec.get("pixel_std"))

@@ -13,7 +13,6 @@ the draws of an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +153,8 @@ def load_denoiser(folder: str | os.PathLike) -> nn.Module:
     config_path = folder / REPORT_CONFIG
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder}: no {REPORT_CONFIG}; not a saved XGeM denoiser")
-    meta = json.loads(config_path.read_text())
+    from support.io import read_json
+    meta = read_json(config_path)
     if meta.get("class") == "ReportDenoiser":
         dims = {k: meta[k] for k in ("latent_dim", "context_dim", "width", "blocks", "heads")}
         model = ReportDenoiser(**dims)

@@ -10,7 +10,6 @@ stage reuses it and a stage on other spaces refuses it.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +72,8 @@ class EncodedStudies:
         from support.io import load_state_dict
 
         folder = Path(folder)
-        meta = json.loads((folder / META).read_text())
+        from support.io import read_json
+        meta = read_json(folder / META)
         tensors = load_state_dict(folder / TENSORS)
         empty = {k[len("empty_"):]: tensors.pop(k) for k in list(tensors) if k.startswith("empty_")}
         return cls(tensors, list(meta["study_ids"]), empty, dict(meta["fingerprint"]))
