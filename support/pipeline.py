@@ -491,15 +491,54 @@ def record_outcome(paths: RunPaths, manifest: dict, entry: dict) -> list[str]:
     return unwritten
 
 
+# What a run made that a child run starts from; its manifest, index, executed notebooks and logs
+# describe the parent's own executions and stay with it.
+INHERITED = ("data", "models", "samples", "metrics", "figures")
+LINK_MIN_BYTES = 1 << 20
+
+
+def inherit(parent: RunPaths, child: RunPaths) -> int:
+    """Give ``child`` the parent's outputs without ever writing into the parent: files of 1 MiB or
+    more are hard-linked (every writer here replaces a file atomically, which gives the child its
+    own copy), smaller ones copied (a notebook may append to those). Returns the files taken."""
+    taken = 0
+    for sub in INHERITED:
+        src_root = parent.root / sub
+        for src in sorted(src_root.rglob("*")) if src_root.is_dir() else []:
+            dst = child.root / sub / src.relative_to(src_root)
+            if src.is_symlink():
+                dst.symlink_to(os.readlink(src))
+            elif src.is_dir():
+                dst.mkdir(parents=True, exist_ok=True)
+            else:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    if src.stat().st_size < LINK_MIN_BYTES:
+                        raise OSError("small: copied")
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+                taken += 1
+    return taken
+
+
 def run(profile_name: str, notebooks_dir: Path, params_dir: Path, runs_root: Path,
         run_id: str | None = None, only: str | None = None, start: str | None = None,
         resume: Path | None = None, overrides: list[str] | None = None,
-        allow_stand_ins: bool | None = None, out=None) -> Path:
+        allow_stand_ins: bool | None = None, out=None, parent: Path | None = None) -> Path:
     """Run the selected notebooks; returns the run directory. Raises ``PipelineError`` on failure.
     ``allow_stand_ins`` (None: the profile's ``allow_stand_ins``) lets the small stand-ins run where a
-    published part's local weights or data are not given."""
+    published part's local weights or data are not given. ``parent``: a finished run the new one
+    starts from (its data, models, samples, metrics, figures), never written into."""
     out = out or sys.stdout
     notebooks = discover(notebooks_dir)
+    if parent is not None and resume is not None:
+        raise PipelineError("--parent starts a new run from another; --resume continues one: give one of them")
+    parent_paths = None
+    if parent is not None:
+        parent_paths = RunPaths(Path(parent).expanduser().resolve())
+        if not parent_paths.manifest.is_file():
+            raise PipelineError(f"--parent {parent}: no manifest.json there; not a run directory")
     if resume is not None:
         # a resumed run keeps the parameters its manifest recorded: anything else would be ignored
         ignored = [flag for flag, value in (("--set", overrides), ("--only", only), ("--from", start),
@@ -543,6 +582,10 @@ def run(profile_name: str, notebooks_dir: Path, params_dir: Path, runs_root: Pat
         paths = create_run_dir(runs_root, run_id or new_run_id(profile_name))
         manifest = new_manifest(profile_name, profile_path, profile, selected, paths)
         manifest["stand_ins"] = [part.describe() for part in stand_ins]
+        if parent_paths is not None:
+            taken = inherit(parent_paths, paths)
+            manifest["parent"] = {"run_id": parent_paths.root.name, "path": str(parent_paths.root)}
+            print(f"Starting from run {parent_paths.root.name}: {taken} files taken (never written back)", file=out)
         write_json_atomic(paths.manifest, manifest)
         first = 0
         print(f"Run {paths.root}  (profile {profile_name}, {len(selected)} notebooks)", file=out)
@@ -618,6 +661,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from", dest="start", help="first notebook to run, e.g. 04")
     ap.add_argument("--run-id", help="name of the run directory (default: date-time-profile)")
     ap.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its first unfinished notebook")
+    ap.add_argument("--parent", type=Path, metavar="RUN_DIR",
+                    help="start a new run from a finished one's outputs (with --from/--only and --set); "
+                         "the parent is never written into")
     ap.add_argument("--list", action="store_true", help="list the notebooks and their parameters, then exit")
     ap.add_argument("--write-papermill-params", action="store_true",
                     help="write <params-dir>/papermill/<profile>/<notebook>.yaml for papermill -f, then exit")
@@ -643,9 +689,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume is not None and args.profile is not None:
             raise PipelineError(f"--resume {args.resume}: a resumed run keeps the profile its manifest recorded, "
                                 f"so --profile would be ignored")
-        run(args.profile or "quick", args.notebooks_dir, params_dir, args.runs_root, run_id=args.run_id,
+        profile = args.profile
+        if profile is None and args.parent is not None and (args.parent / "manifest.json").is_file():
+            profile = read_json(args.parent / "manifest.json")["profile"]      # the parent's, unless given
+        run(profile or "quick", args.notebooks_dir, params_dir, args.runs_root, run_id=args.run_id,
             only=args.only, start=args.start, resume=args.resume, overrides=args.overrides,
-            allow_stand_ins=args.allow_stand_ins)
+            allow_stand_ins=args.allow_stand_ins, parent=args.parent)
     except (PipelineError, OSError, ValueError) as exc:  # errors that name the file or option at fault
         print(f"\n{exc}", file=sys.stderr)
         return 1

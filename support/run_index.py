@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from pathlib import Path
 
 from support.headlines import caption, headline_rows
@@ -54,6 +55,12 @@ def write_index(paths: RunPaths, manifest: dict) -> Path:
     figures = sorted(p.relative_to(paths.root) for p in paths.figures.glob("*.png")) if paths.figures.exists() else []
     fig_html = "".join(f'<figure><a href="{e(str(p))}"><img src="{e(str(p))}" alt="{e(caption(p.stem))}"></a>'
                        f'<figcaption>{e(p.stem[:2])} · {e(caption(p.stem))}</figcaption></figure>' for p in figures)
+    parent = manifest.get("parent")
+    parent_html = ""
+    if parent:
+        rel = os.path.relpath(Path(parent["path"]) / "index.html", paths.root)
+        parent_html = (f"<p>Started from run <a href=\"{e(rel)}\">{e(parent['run_id'])}</a>: its data, models, "
+                       f"samples and metrics, with the notebooks below run again.</p>")
     stand_ins = "".join(f"<li><b>{e(p['parameter'])}</b>: {e(p['stand_in'])} in place of {e(p['published'])}</li>"
                         for p in manifest.get("stand_ins") or [])
     if stand_ins:
@@ -76,7 +83,7 @@ td.m, p.links {{ color: #555; font-size: 0.9em; }}
 <h1>Run {e(manifest['run_id'])}</h1>
 <p>Profile <b>{e(manifest['profile'])}</b> · status <b>{e(manifest.get('status', ''))}</b> ·
 created {e(manifest['created'])} · code {e(commit)} · <a href="manifest.json">manifest.json</a></p>
-{stand_ins}
+{parent_html}{stand_ins}
 <h2>Notebooks</h2>
 <table><tr><th>#</th><th>notebook</th><th>status</th><th>time</th><th>links</th></tr>
 {''.join(rows)}</table>

@@ -136,6 +136,29 @@ def test_committed_papermill_files_match_the_profiles():
     assert len(files) == len(pipeline.PROFILES) * len(pipeline.discover(NOTEBOOKS))
 
 
+def test_a_child_run_reruns_part_of_a_parent_with_other_parameters_and_never_writes_into_it(
+        fixture_notebooks, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    parent = run(fixture_notebooks, runs, run_id="parent")
+    (parent / "models" / "big.bin").write_bytes(b"x" * pipeline.LINK_MIN_BYTES)      # hard-linked, not copied
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in parent.rglob("*") if p.is_file()}
+    assert pipeline.main(["--parent", str(parent), "--from", "01", "--set", "01_second.scale=4.0",
+                          "--notebooks-dir", str(fixture_notebooks), "--runs-root", str(runs), "--run-id", "child"]) == 0
+    child = runs / "child"
+    assert read_json(child / "metrics" / "second.json") == {"product": 20.0}        # 00's output from the parent
+    manifest = read_json(child / "manifest.json")
+    assert manifest["parent"] == {"run_id": "parent", "path": str(parent)} and manifest["profile"] == "test"
+    assert [e["name"] for e in manifest["notebooks"]] == ["01_second"]
+    assert manifest["parameters"]["01_second"]["scale"] == 4.0
+    assert 'Started from run <a href="../parent/index.html">parent</a>' in (child / "index.html").read_text()
+    assert (child / "models" / "big.bin").stat().st_ino == (parent / "models" / "big.bin").stat().st_ino
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in parent.rglob("*") if p.is_file()}
+    assert after == before                                                         # the parent is untouched
+    assert read_json(parent / "metrics" / "second.json") == {"product": 15.0}
+    with pytest.raises(PipelineError, match="not a run directory"):
+        run(fixture_notebooks, runs, run_id="orphan", parent=tmp_path)
+
+
 def test_existing_run_directory_is_never_overwritten(fixture_notebooks, tmp_path):
     runs = tmp_path / "runs"
     (runs / "taken").mkdir(parents=True)
