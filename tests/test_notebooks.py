@@ -88,6 +88,13 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     for p in PATHS:
         assert (root / "html" / f"{p.stem}.html").exists() and f"html/{p.stem}.html" in index
 
+    # rendered notebooks: a progress bar is its final line, not hundreds; 06's page stays small
+    for executed in (root / "notebooks").glob("*.ipynb"):
+        streams = ["".join(o.get("text", "")) for c in json.loads(executed.read_text())["cells"]
+                   for o in c.get("outputs", []) if o.get("output_type") == "stream"]
+        assert not any("\r" in t for t in streams), f"{executed.name}: carriage-return progress lines kept"
+        assert max(map(len, streams), default=0) < 20_000, f"{executed.name}: a cell printed pages of output"
+    assert (root / "html" / "06_evaluation.html").stat().st_size < 2_500_000
     # index.html: curated headlines for every notebook that wrote metrics (their keys still exist)
     from support.headlines import headline_rows
 
