@@ -92,7 +92,8 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     for executed in (root / "notebooks").glob("*.ipynb"):
         streams = ["".join(o.get("text", "")) for c in json.loads(executed.read_text())["cells"]
                    for o in c.get("outputs", []) if o.get("output_type") == "stream"]
-        assert not any("\r" in t for t in streams), f"{executed.name}: carriage-return progress lines kept"
+        # a bar's updates coalesced: at most its final line and the carriage return that cleared it
+        assert max((t.count("\r") for t in streams), default=0) <= 1, f"{executed.name}: progress lines kept"
         assert max(map(len, streams), default=0) < 20_000, f"{executed.name}: a cell printed pages of output"
     assert (root / "html" / "06_evaluation.html").stat().st_size < 2_500_000
     # index.html: curated headlines for every notebook that wrote metrics (their keys still exist)

@@ -70,7 +70,7 @@ def test_the_t2fl_set_reads_back_as_triplets_with_provenance(system, tmp_path):
         p = prov.loc[row.image_id]
         assert p["direction"] == "T->F+L" and p["output"] == {"PA": "frontal", "AP": "frontal",
                                                               "LATERAL": "lateral"}[row.view]
-        assert int(row.study_id) == 50000000 + int(p["seed"]) and 7 <= int(p["seed"]) < 11 and p["joint"] == "True"
+        assert int(row.study_id) == 90000000 + int(p["seed"]) and 7 <= int(p["seed"]) < 11 and p["joint"] == "True"
         assert int(p["steps"]) == CONFIG.generate.steps and float(p["guidance_scale"]) == CONFIG.generate.guidance_scale
         source = sources.loc[p["source_study_id"]]
         assert source["split"] in SPLITS
