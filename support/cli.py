@@ -61,13 +61,18 @@ def _finding_mix(text: str) -> dict[str, int]:
     return mix
 
 
+def _sampling_overrides(args) -> dict:
+    """The sampling options given on the command line, over the profile's preset."""
+    given = {"sampler": args.sampler, "steps": args.steps, "batch_size": args.batch_size}
+    return {"base_seed": args.seed, **{k: v for k, v in given.items() if v}}
+
+
 def sample_ddpm(args) -> dict:
     from support.ddpm.config import sampling_config
     from support.ddpm.sampling import sample_to_dataset
 
-    over = {"num_samples": args.n, "base_seed": args.seed, **({"sampler": args.sampler} if args.sampler else {}),
-            **({"steps": args.steps} if args.steps else {}), **({"batch_size": args.batch_size} if args.batch_size else {})}
-    cfg = sampling_config(args.profile, over, source="synthcxr sample ddpm")
+    cfg = sampling_config(args.profile, {"num_samples": args.n, **_sampling_overrides(args)},
+                          source="synthcxr sample ddpm")
     return sample_to_dataset(_ddpm_pipeline(args.model), args.out, cfg)
 
 
@@ -80,9 +85,7 @@ def sample_t2i(args) -> dict:
     if bool(args.prompt) == bool(args.findings):
         raise ValueError("synthcxr sample t2i: give --prompt (repeatable) or --findings, one of the two")
     base, lora = _t2i_parts(args.model, args.lora)
-    over = {"base_seed": args.seed, **({"sampler": args.sampler} if args.sampler else {}),
-            **({"steps": args.steps} if args.steps else {}), **({"batch_size": args.batch_size} if args.batch_size else {})}
-    cfg = t2i_sampling_config(args.profile, over, source="synthcxr sample t2i")
+    cfg = t2i_sampling_config(args.profile, _sampling_overrides(args), source="synthcxr sample t2i")
     if args.prompt:
         plan = pd.DataFrame({"prompt": list(args.prompt) * args.n})
     else:

@@ -151,7 +151,7 @@ def headline_rows(notebook: str, metrics: dict) -> tuple[list[tuple[str, str, st
         keys = [k for k in flat if fnmatch.fnmatchcase(k, h.key)] if "*" in h.key else ([h.key] if h.key in flat else [])
         for key in keys:
             value = flat[key]
-            if isinstance(value, (dict, list, str)) and not isinstance(value, bool) and value is not None:
+            if isinstance(value, (dict, list, str)):      # a number (or a guarded null) only
                 continue
             label = h.label.format("", *_parts(h.key, key)) if "*" in h.key else h.label
             rows.append((label, fmt(value), h.unit, h.meaning))
