@@ -114,8 +114,9 @@ def run_root_of(path: str | os.PathLike) -> Path | None:
 
 
 def _portable(obj: Any, root: Path) -> Any:
-    if isinstance(obj, os.PathLike):
-        obj = os.fspath(obj)
+    """``obj`` as plain JSON values, paths within ``root`` made relative to it."""
+    if not isinstance(obj, (str, dict, list, tuple, int, float, bool)) and obj is not None:
+        obj = _json_default(obj)            # paths, numpy values, sets: as the JSON writer writes them
     if isinstance(obj, str) and os.path.isabs(obj):
         try:
             rel = Path(os.path.normpath(obj)).relative_to(root)
@@ -143,7 +144,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> Non
     """JSON, atomically; inside a run folder, paths within the run are stored relative to it."""
     root = run_root_of(path)
     if root is not None:
-        obj = _portable(json.loads(json.dumps(obj, default=_json_default)), root.resolve())
+        obj = _portable(obj, root.resolve())
     text = json.dumps(obj, indent=indent, default=_json_default, sort_keys=False)
     write_text_atomic(path, text + "\n")
 
