@@ -8,6 +8,7 @@ findings' labels is hidden as NaN too, so masked losses are exercised.
 """
 
 import numpy as np
+import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
@@ -99,3 +100,13 @@ def test_findings_dataset_is_deterministic_and_paints_findings():
     eff = a.requested[:, RENDERED.index("Pleural Effusion")] == 1
     bottom = np.array([a.images[i][-5:].mean() for i in range(20)])
     assert bottom[eff].mean() > bottom[~eff].mean() + 0.1
+
+
+def test_choose_sources_names_an_unknown_set_and_leaves_out_cleaned_copies_by_default():
+    from support.eval.sets import choose_sources
+
+    sets = {"ddpm-ddim-50": 1, "ddpm-ddim-50-cleaned": 2, "t2i-lora-pndm-25": 3}
+    assert choose_sources(sets) == {"ddpm-ddim-50": 1, "t2i-lora-pndm-25": 3}
+    assert choose_sources(sets, ["ddpm-ddim-50-cleaned"]) == {"ddpm-ddim-50-cleaned": 2}
+    with pytest.raises(ValueError, match=r"sources: no set named \['ddpm-dim-50'\].*ddpm-ddim-50"):
+        choose_sources(sets, ["ddpm-dim-50", "ddpm-ddim-50"])

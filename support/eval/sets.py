@@ -30,6 +30,18 @@ def discover_sets(run_dir: str | os.PathLike, extra: Sequence[str] = ()) -> dict
     return found
 
 
+def choose_sources(sets: dict, wanted: Sequence[str] = (), parameter: str = "sources") -> dict:
+    """The sets a pretraining notebook uses: those named in ``wanted``, or, when it is empty, every set
+    but 05's cleaned copies (near-duplicates of their originals). A name that is not among ``sets`` is
+    an error naming what there is: a typo would otherwise pretrain on nothing synthetic, silently."""
+    wanted = list(wanted)
+    unknown = [name for name in wanted if name not in sets]
+    if unknown:
+        raise ValueError(f"{parameter}: no set named {unknown} in this run; expected some of {sorted(sets)}")
+    return {name: value for name, value in sets.items()
+            if (name in wanted if wanted else not name.endswith("-cleaned"))}
+
+
 def frontal_images(records: pd.DataFrame, size: int, split: str | None = None,
                    views: Sequence[str] = FRONTAL_VIEWS) -> ImageDataset:
     """Frontal images of ``split`` (all splits when None) as {"image" (1,S,S) in [0,1], "labels"}."""
