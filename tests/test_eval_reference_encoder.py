@@ -127,3 +127,9 @@ def test_conditional_fidelity_rewards_images_that_show_the_requested_findings(tr
     assert as_frame == pytest.approx(good)
     with pytest.raises(KeyError, match="does not predict"):
         conditional_fidelity(encoder, faithful, requested, label_names=("Cardiomegaly", "Effusion?", "Pneumothorax"))
+    # nine images asked for the first finding: too few to rank, NaN rather than a number
+    few = requested.copy()
+    few[:, 0] = 0.0
+    few[:9, 0] = 1.0
+    guarded = conditional_fidelity(encoder, faithful, few, label_names=RENDERED)
+    assert np.isnan(guarded[RENDERED[0]]) and guarded[RENDERED[1]] == pytest.approx(good[RENDERED[1]])

@@ -3,6 +3,8 @@
 The reference encoder, trained on real images, scores each synthetic image; the AUROC of those
 scores against the *requested* labels, per finding, says how well the condition is rendered
 (0.5: ignored; near the encoder's own real held-out AUROC: rendered as well as real disease looks).
+A finding requested for fewer than 10 images, or withheld from fewer than 10, gets NaN ("too few
+samples"), as every AUROC of the project does: a handful of cases ranks by chance.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import torch
 
-from support.downstream.auroc import per_finding_auroc
+from support.downstream.auroc import known_mask, per_finding_auroc
+from support.downstream.metrics import too_few_of_a_class
 
 from .images import as_image_set
 
@@ -62,7 +65,8 @@ def conditional_fidelity(classifier: FindingClassifier, images: Any, requested,
     ``requested``: a DataFrame with one column per finding, or an (N, L) array with
     ``label_names``; values 1/0 (NaN or -1: not part of the request, left out). Findings the
     classifier does not predict are an error. ``scores`` reuses probabilities already computed
-    with :func:`predict_set`. NaN where a finding was requested for all images or none.
+    with :func:`predict_set`. NaN where a finding was requested for (or withheld from) fewer than
+    10 images.
     """
     image_set = as_image_set(images, name="synthetic")
     matrix, cols = _requested_matrix(requested, label_names, len(image_set))
@@ -73,4 +77,9 @@ def conditional_fidelity(classifier: FindingClassifier, images: Any, requested,
     if probs.shape != (len(image_set), len(classifier.label_names)):
         raise ValueError(f"scores have shape {probs.shape}, expected ({len(image_set)}, {len(classifier.label_names)})")
     picked = probs[:, [classifier.label_names.index(c) for c in cols]]
-    return per_finding_auroc(matrix, picked, cols)
+    scores = per_finding_auroc(matrix, picked, cols)
+    for j, name in enumerate(cols):
+        definite = matrix[known_mask(matrix[:, j]), j]
+        if too_few_of_a_class(definite):
+            scores[name] = float("nan")
+    return scores
