@@ -131,7 +131,7 @@ def _run(args, tmp: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ suite
-SUITE_SIZES = {"toy": dict(images=2, size=64), "default": dict(images=8, size=256),
+SUITE_SIZES = {"toy": dict(images=2, size=64), "default": dict(images=4, size=256),
                "gpu": dict(images=16, size=512)}
 
 

@@ -153,12 +153,14 @@ def reference_sampler(reference, config, device, sampler: str, steps: int):
 # the ancestral sampler walks every training timestep), ``gpu`` I-SynMed's 256 px configuration.
 SUITE_SIZES: dict[str, dict[str, Any]] = {
     "toy": dict(profile="test", resolution=16, timesteps=20, train_batch=4, updates=2, warmup=1,
-                batches=(1, 4), ddim_steps=5, dpm_steps=5, quality_updates=40, quality_batch=8, quality_n=16),
-    "default": dict(profile="test", resolution=32, timesteps=1000, train_batch=16, updates=6, warmup=2,
+                batches=(1, 4), ddim_steps=5, dpm_steps=5, quality_updates=20, quality_batch=8, quality_n=16,
+                sample_rounds=None),
+    "default": dict(profile="test", resolution=16, timesteps=1000, train_batch=16, updates=6, warmup=2,
                     batches=(1, 8, 32), ddim_steps=50, dpm_steps=25, quality_updates=400, quality_batch=16,
-                    quality_n=32),
+                    quality_n=32, sample_rounds=2),
     "gpu": dict(profile="full", resolution=256, timesteps=1000, train_batch=8, updates=10, warmup=3,
-                batches=(1, 8, 32), ddim_steps=50, dpm_steps=25, quality_updates=0, quality_batch=8, quality_n=0),
+                batches=(1, 8, 32), ddim_steps=50, dpm_steps=25, quality_updates=0, quality_batch=8, quality_n=0,
+                sample_rounds=None),
 }
 
 
@@ -228,8 +230,10 @@ def suite_cases(size: str, device, reference_path: str | None = None) -> list:
         return Work(*reference_training(reference, config, s["train_batch"], s["updates"], s["warmup"], str(dev),
                                         dtype))
 
+    # Both sides drop their own warm-up updates: no round is dropped.
     cases = [Case("DDPM", f"train {u.sample_size} px", "images/s", ours_train, peer_train,
-                  "denoising-diffusion-pytorch Trainer loop", batch=s["train_batch"], flops_per_item=flops)]
+                  "denoising-diffusion-pytorch Trainer loop", batch=s["train_batch"], flops_per_item=flops,
+                  warm_ours=lambda: None, warm_peer=lambda: None)]
 
     quality: dict[str, Any] = {}
     if s["quality_updates"]:
@@ -278,7 +282,8 @@ def suite_cases(size: str, device, reference_path: str | None = None) -> list:
                                      torch.zeros(batch, dtype=torch.long, device=dev))
                 peer_name, extra = f"denoising-diffusion-pytorch {name} sampler", {}
             cases.append(Case("DDPM", f"sample {name} {steps} steps", "images/s", ours, peer, peer_name, batch=batch,
-                              warm_ours=warm_ours, warm_peer=warm_peer, extra=extra))
+                              warm_ours=warm_ours, warm_peer=warm_peer, extra=extra,
+                              rounds=None if name == "ddim" else s["sample_rounds"]))   # rows with a T-step walk
     return cases
 
 

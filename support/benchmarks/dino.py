@@ -144,7 +144,8 @@ def suite_cases(size: str, device) -> list:
     return [Case("DINO", f"train, 2x{config.crops.global_size} + {config.crops.local_views}x{config.crops.local_size} "
                  "px crops", "images/s", lambda: Work(*ours_training(config, data, s["updates"], s["warmup"])),
                  lambda: Work(*lightly_example(config, data, s["updates"], s["warmup"], dev)),
-                 "lightly's example loop (examples/pytorch/dino.py)", batch=config.train.batch_size)]
+                 "lightly's example loop (examples/pytorch/dino.py)", batch=config.train.batch_size,
+                 warm_ours=lambda: None, warm_peer=lambda: None)]     # both drop their own warm-up updates
 
 
 def run(profile: str = "quick", updates: int = 12, warmup: int = 3, repeats: int = 3, images: int = 0,

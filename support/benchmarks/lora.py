@@ -243,7 +243,8 @@ def suite_cases(size: str, device) -> list:
                                            dtype))
 
     cases = [Case("T2I-LoRA", f"train LoRA r{config.lora.rank}, {resolution} px", "images/s", ours_train, peer_train,
-                  "diffusers train_text_to_image_lora.py step", batch=batch)]
+                  "diffusers train_text_to_image_lora.py step", batch=batch,
+                  warm_ours=lambda: None, warm_peer=lambda: None)]     # both drop their own warm-up updates
     steps = s["steps"] if size == "toy" else sampling.steps
     prompt = "view_position = PA. modality = CR. Moderate right pleural effusion."
     for n in s["batches"]:
@@ -269,6 +270,7 @@ def suite_cases(size: str, device) -> list:
 
         cases.append(Case("T2I-LoRA", f"sample {sampling.sampler} {steps} steps, guidance {sampling.guidance_scale:g}",
                           "images/s", ours, peer, "the diffusers pipeline called directly", batch=n,
+                          rounds=2 if size == "default" else None,
                           warm_ours=lambda n=n, kwargs=kwargs: generate_images(
                               pipe, [prompt] * n, list(range(n)), **{**kwargs, "steps": 2})))
     return cases

@@ -51,6 +51,7 @@ class Case:
     warm_ours: Callable[[], Any] | None = None   # a cheap call that warms up in place of a dropped round
     warm_peer: Callable[[], Any] | None = None
     flops_per_item: float | None = None          # training FLOPs per item, for MFU on CUDA
+    rounds: int | None = None                    # fewer rounds than the suite's for the costliest rows
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     close: Callable[[], Any] | None = None       # frees what the case holds (temporary folders)
@@ -133,11 +134,13 @@ def measure(case: Case, rounds: int = 3, warmup: int = 1, device: torch.device |
     """Ours and the peer alternately for ``warmup + rounds`` rounds, warm-up dropped; one table row.
 
     With ``warm_ours``/``warm_peer`` each side is warmed by that cheap call instead, and every
-    round counts.
+    round counts (a no-op where the callables drop their own warm-up updates, as the trainer's
+    meter does). ``case.rounds`` caps the rounds for rows too costly for the suite's count.
     """
     if rounds < 1 or warmup < 0:
         raise ValueError(f"rounds {rounds} (at least 1) and warmup {warmup} (0 or more)")
     device = torch.device(device)
+    rounds = min(rounds, case.rounds or rounds)
     if case.warm_ours is not None or case.warm_peer is not None:
         for warm in (case.warm_ours, case.warm_peer):
             if warm is not None:
