@@ -6,6 +6,7 @@
     synthcxr sample t2i --model RUN --prompt "..." | --findings "Pleural Effusion=16,No Finding=16" --out DIR
     synthcxr sample xgem --model RUN/models/xgem --direction "T->F+L" --report "..." --out DIR
     synthcxr export --set RUN/samples/ddpm-dpmsolver++-25 --out DIR   a Hugging Face imagefolder
+    synthcxr bench [all] [--size toy|default]  every stage against its peer: one table (JSON, CSV, figure)
     synthcxr bench STAGE [args]                a stage's benchmark against its peer
 
 Each generator writes a MIMIC-CXR-JPG-layout dataset with its provenance columns, as 04 does.
@@ -124,8 +125,9 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--set", dest="dataset", type=Path, required=True,
                         help="a dataset folder in the MIMIC-CXR-JPG layout (a synthetic set, the phantom)")
     export.add_argument("--out", type=Path, required=True, help="the imagefolder to write (must not exist)")
-    bench = sub.add_parser("bench", help="a stage's benchmark against its peer; its options follow", add_help=False)
-    bench.add_argument("stage", choices=BENCH_STAGES)
+    bench = sub.add_parser("bench", help="every stage against its peer (the suite), or one stage's benchmark; "
+                                          "its options follow", add_help=False)
+    bench.add_argument("stage", nargs="?", choices=("all", *BENCH_STAGES))
     return ap
 
 
@@ -139,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         return xgem_cli.main(["generate", *argv[2:]])
     if argv[:1] == ["bench"] and len(argv) > 1 and argv[1] in BENCH_STAGES:
         return importlib.import_module(f"support.benchmarks.{argv[1]}").main(argv[2:]) or 0
+    if argv[:1] == ["bench"] and (len(argv) == 1 or argv[1] == "all" or argv[1].startswith("-")):
+        from support.benchmarks import suite
+        return suite.main(argv[2:] if argv[1:2] == ["all"] else argv[1:]) or 0
     args = parser().parse_args(argv)
     if args.command == "list":
         from support import pipeline

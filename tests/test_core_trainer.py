@@ -366,3 +366,60 @@ def test_a_set_without_one_full_batch_per_process_is_refused_before_any_process_
     with pytest.raises(trainer.TooFewItems):
         trainer.launch(Regression(Points(16)), loop(batch_size=9), tmp_path / "run", num_processes=2)
     assert not (tmp_path / "run").exists()
+
+
+class Attention(Regression):
+    """A toy task through ``scaled_dot_product_attention``; records the kernel settings and the
+    autocast state its loss ran under, and the optimizer the trainer built."""
+
+    def setup(self):
+        self.net = torch.nn.Linear(self.width, self.width)
+        self.seen = []
+        return trainer.Parts(models=[self.net])
+
+    def loss(self, batch, step):
+        from torch.nn import functional as F
+
+        self.seen.append({"flash": torch.backends.cuda.flash_sdp_enabled(),
+                          "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+                          "autocast": torch.is_autocast_enabled("cpu"),
+                          "autocast_dtype": torch.get_autocast_dtype("cpu")})
+        h = self.models[0](batch["x"])[:, None, None, :]               # (B, heads 1, tokens 1, dim)
+        out = F.scaled_dot_product_attention(h, h, h)[:, 0, 0].sum(1)
+        return (out.float() - batch["y"]).pow(2).mean()
+
+
+def test_speed_switches_reach_the_training_loop(tmp_path, monkeypatch):
+    built = []
+    adam = torch.optim.Adam
+
+    def recording_adam(*args, **kwargs):
+        built.append(kwargs)
+        return adam(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", recording_adam)
+    base = dict(max_steps=2, validate_every=0)
+    plain = Attention(Points())
+    h_plain = trainer.fit(plain, loop(**base), tmp_path / "plain", progress=False)
+    assert built[-1].get("fused") is None
+    assert plain.seen[0]["flash"] and plain.seen[0]["mem_efficient"] and not plain.seen[0]["autocast"]
+
+    math_fused = Attention(Points())
+    h_math = trainer.fit(math_fused, loop(**base, sdpa=False, fused_optimizer=True), tmp_path / "math",
+                         progress=False)
+    assert built[-1]["fused"] is True                                    # Adam's fused kernel, on the CPU too
+    assert not math_fused.seen[0]["flash"] and not math_fused.seen[0]["mem_efficient"]   # the math backend only
+    assert torch.backends.cuda.flash_sdp_enabled()                       # restored after the loop
+    assert h_math["loss"] == pytest.approx(h_plain["loss"], rel=1e-4)    # the same computation
+
+    bf16 = Attention(Points())
+    h_bf16 = trainer.fit(bf16, loop(**base, mixed_precision="bf16"), tmp_path / "bf16", progress=False)
+    assert bf16.seen[0]["autocast"] and bf16.seen[0]["autocast_dtype"] == torch.bfloat16   # bf16 autocast on CPU
+    assert h_bf16["loss"] != h_plain["loss"] and h_bf16["loss"] == pytest.approx(h_plain["loss"], rel=0.05)
+
+
+def test_data_loader_workers_give_the_same_training(tmp_path):
+    one = trainer.fit(Regression(Points()), loop(max_steps=2, validate_every=0), tmp_path / "w0", progress=False)
+    two = trainer.fit(Regression(Points()), loop(max_steps=2, validate_every=0, num_workers=2, pin_memory=True),
+                      tmp_path / "w2", progress=False)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -129,6 +130,84 @@ def _run(args, tmp: Path) -> dict[str, Any]:
     return result
 
 
+# ------------------------------------------------------------------------------------ suite
+SUITE_SIZES = {"toy": dict(images=2, size=64), "default": dict(images=4, size=256),
+               "gpu": dict(images=16, size=512)}
+
+
+def clean_one(config_json: Path, image: Path, out: Path) -> None:
+    """The original's flow for one image, in its own process: load every model, clean, write."""
+    import numpy as np
+
+    from support.cleanup import Cleaner
+    from support.cleanup.config import cleanup_config
+    from support.io import read_json
+
+    cleaner = Cleaner(cleanup_config(read_json(config_json), source=str(config_json)))
+    result = cleaner.clean(np.load(image))
+    with open(out, "wb") as fh:
+        np.save(fh, result.image)
+
+
+def process_per_image(config_json: Path, images: list[Path], out: Path):
+    """Peak RSS (MiB) of the largest child: one ``python -m support.benchmarks.cleanup --one``
+    per image, each loading every model again."""
+    import os
+    import subprocess
+
+    peak = 0.0
+    for path in images:
+        cmd = [sys.executable, "-m", "support.benchmarks.cleanup", "--one", str(config_json), str(path),
+               str(out / path.name)]
+        child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        err = child.stderr.read().decode(errors="replace")
+        child.stderr.close()
+        if child.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} exited {child.returncode}: {err[-2000:]}")
+        peak = max(peak, usage.ru_maxrss / 1024)        # KiB on Linux
+    return peak
+
+
+def suite_cases(size: str, device) -> list:
+    """The suite's cleanup row: the batched cleaner (models loaded once per call) against the
+    original's flow, one process per image loading every model (Telea inpainting, the default)."""
+    import numpy as np
+
+    from support.benchmarks.runner import Case, Work
+    from support.cleanup import Cleaner, CleanupConfig
+    from support.cleanup.synthetic import synthetic_text_images
+    from support.core.config import config_dict
+    from support.io import write_json_atomic
+
+    s = SUITE_SIZES[size]
+    config = CleanupConfig()
+    images = [t.image for t in synthetic_text_images(s["images"], s["size"], seed=0, p_no_text=0.0)]
+    tmp = Path(tempfile.mkdtemp(prefix="cleanup-suite-"))
+    config_json = tmp / "config.json"
+    write_json_atomic(config_json, config_dict(config))
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp / f"image-{i}.npy")
+        np.save(paths[-1], image)
+    (tmp / "out").mkdir()
+
+    def ours():
+        Cleaner(config).clean_all(images, progress=False)
+        return Work(len(images))
+
+    def peer():
+        return Work(len(images), peak_rss_mib=process_per_image(config_json, paths, tmp / "out"))
+
+    return [Case("cleanup", f"text removal ({config.inpaint.backend}), {s['size']} px", "images/s", ours, peer,
+                 "one process per image reloading every model", batch=len(images),
+                 # ours warms up by loading the models once; the peer is cold by design (a fresh process per image)
+                 warm_ours=lambda: Cleaner(config).clean(images[0]), warm_peer=lambda: None,
+                 notes="peer RSS: the largest child's peak; ours: growth in this process",
+                 close=lambda: shutil.rmtree(tmp))]
+
+
 def _print(result: dict[str, Any]) -> None:
     print(f"text removal on {result['images']} {result['data']} images ({result['images_with_text']} with text) "
           f"at {result['size']} px, {result['threads']} thread(s), batches of {result['batch_size']}")
@@ -178,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
                             help=f"default {published} ({TINY_STEPS[key]} on tiny weights)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the result as JSON here")
+    parser.add_argument("--one", nargs=3, type=Path, metavar=("CONFIG", "IMAGE", "OUT"),
+                        help="clean one .npy image with a fresh cleaner (the suite's peer, one process per image)")
     args = parser.parse_args(argv)
+    if args.one:
+        clean_one(*args.one)
+        return 0
     result = run(args)
     _print(result)
     if args.out:

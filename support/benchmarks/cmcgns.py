@@ -98,13 +98,12 @@ def rate(step, batch_size: int, updates: int, warmup: int) -> float:
     return batch_size * updates / sum(times[warmup:])
 
 
-def run(profile: str = "quick", batch_size: int = 64, updates: int = 6, warmup: int = 2, repeats: int = 3,
-        threads: int | None = None) -> dict[str, Any]:
+def training_steps(profile: str, batch_size: int):
+    """``(ours, theirs, config, batch)``: one Adam update of the same network on the same batch,
+    with our batched losses and with the original's looped formulation."""
     from support.cmcgns.config import cmcgns_config
     from support.cmcgns.model import CMCGNS
 
-    if threads:
-        torch.set_num_threads(threads)
     config = cmcgns_config(profile, {"loss": {"method": "cmcgns"}})
     batch, vocab = batch_of(config, batch_size)
     torch.manual_seed(0)
@@ -123,6 +122,38 @@ def run(profile: str = "quick", batch_size: int = 64, updates: int = 6, warmup: 
         optimizer.step()
         optimizer.zero_grad()
 
+    return ours, theirs, config, batch
+
+
+SUITE_SIZES = {"toy": dict(profile="test", batch=8, updates=2), "default": dict(profile="quick", batch=64, updates=4),
+               "gpu": dict(profile="quick", batch=64, updates=4)}
+
+
+def suite_cases(size: str, device) -> list:
+    """The suite's CM-CGNS row: training updates, batched losses against the original's loops (CPU:
+    the looped formulation builds its tensors on the CPU)."""
+    from support.benchmarks.runner import Case, Work
+
+    s = SUITE_SIZES[size]
+    ours, theirs, config, _ = training_steps(s["profile"], s["batch"])
+
+    def run_updates(step):
+        def call():
+            for _ in range(s["updates"]):
+                step()
+            return Work(s["batch"] * s["updates"])
+        return call
+
+    return [Case("CM-CGNS", f"train step, every loss, {config.image.size} px", "images/s", run_updates(ours),
+                 run_updates(theirs), "original loss formulation (per-sample Python loops)", batch=s["batch"],
+                 warm_ours=ours, warm_peer=theirs, notes="on the CPU: the looped formulation builds CPU tensors")]
+
+
+def run(profile: str = "quick", batch_size: int = 64, updates: int = 6, warmup: int = 2, repeats: int = 3,
+        threads: int | None = None) -> dict[str, Any]:
+    if threads:
+        torch.set_num_threads(threads)
+    ours, theirs, config, batch = training_steps(profile, batch_size)
     ours_runs, their_runs = [], []
     for _ in range(repeats):
         ours_runs.append(rate(ours, batch_size, updates, warmup))

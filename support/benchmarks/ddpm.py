@@ -65,8 +65,9 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> float:
 
 
 # ------------------------------------------------------------------------------------ ours
-def ours_training_rate(config, batch_size: int, updates: int, warmup: int, device: str) -> float:
-    """Images/s of ``train_ddpm`` over ``updates`` updates after ``warmup`` (its own timing)."""
+def ours_training(config, batch_size: int, updates: int, warmup: int, device: str) -> tuple[int, float]:
+    """(images, seconds) of ``train_ddpm`` over ``updates`` updates after ``warmup`` (its own
+    per-update timing: set-up, validation and export left out)."""
     from support.ddpm.data import SyntheticDiscs
     from support.ddpm.train import train_ddpm
 
@@ -77,10 +78,15 @@ def ours_training_rate(config, batch_size: int, updates: int, warmup: int, devic
     cfg = dataclasses.replace(config, train=train)
     data = SyntheticDiscs(batch_size * total, cfg.unet.sample_size, channels=cfg.unet.in_channels)
     with tempfile.TemporaryDirectory() as tmp:
-        history = train_ddpm(cfg, data, tmp)
+        history = train_ddpm(cfg, data, tmp, progress=False)
     rates = history["images_per_s"][warmup:]
-    seconds = sum(batch_size / r for r in rates)
-    return batch_size * len(rates) / seconds
+    return batch_size * len(rates), sum(batch_size / r for r in rates)
+
+
+def ours_training_rate(config, batch_size: int, updates: int, warmup: int, device: str) -> float:
+    """Images/s of ``train_ddpm`` over ``updates`` updates after ``warmup`` (its own timing)."""
+    images, seconds = ours_training(config, batch_size, updates, warmup, device)
+    return images / seconds
 
 
 # ------------------------------------------------------------------------------------ theirs
@@ -96,6 +102,13 @@ def reference_models(reference, config, device):
 def reference_training_rate(reference, config, batch_size: int, updates: int, warmup: int, device: str,
                             autocast_dtype) -> float:
     """Images/s of their ``Trainer`` inner loop: loss, backward, clip 1, Adam, EMA (every 10)."""
+    images, seconds = reference_training(reference, config, batch_size, updates, warmup, device, autocast_dtype)
+    return images / seconds
+
+
+def reference_training(reference, config, batch_size: int, updates: int, warmup: int, device: str,
+                       autocast_dtype) -> tuple[int, float]:
+    """(images, seconds) of their ``Trainer`` inner loop over ``updates`` updates after ``warmup``."""
     _, GaussianDiffusion, EMA = reference
     from support.ddpm.data import SyntheticDiscs
 
@@ -119,7 +132,7 @@ def reference_training_rate(reference, config, batch_size: int, updates: int, wa
     for _ in range(warmup):
         update()
     seconds = [_median_time(update, 1) for _ in range(updates)]
-    return batch_size * updates / sum(seconds)
+    return batch_size * updates, sum(seconds)
 
 
 def reference_sampler(reference, config, device, sampler: str, steps: int):
@@ -133,6 +146,145 @@ def reference_sampler(reference, config, device, sampler: str, steps: int):
     diffusion = GaussianDiffusion(net, sampling_timesteps=steps if sampler == "ddim" else None, **common).to(device)
     diffusion.eval()
     return diffusion
+
+
+# ------------------------------------------------------------------------------------ suite
+# The suite's sizes: ``toy`` for the test, ``default`` for the README's CPU figures (small networks:
+# the ancestral sampler walks every training timestep), ``gpu`` I-SynMed's 256 px configuration.
+SUITE_SIZES: dict[str, dict[str, Any]] = {
+    "toy": dict(profile="test", resolution=16, timesteps=20, train_batch=4, updates=2, warmup=1,
+                batches=(1, 4), ddim_steps=5, dpm_steps=5, quality_updates=20, quality_batch=8, quality_n=16,
+                sample_rounds=None),
+    "default": dict(profile="test", resolution=16, timesteps=1000, train_batch=16, updates=6, warmup=2,
+                    batches=(1, 8, 32), ddim_steps=50, dpm_steps=25, quality_updates=400, quality_batch=16,
+                    quality_n=32, sample_rounds=2),
+    "gpu": dict(profile="full", resolution=256, timesteps=1000, train_batch=8, updates=10, warmup=3,
+                batches=(1, 8, 32), ddim_steps=50, dpm_steps=25, quality_updates=0, quality_batch=8, quality_n=0,
+                sample_rounds=None),
+}
+
+
+def suite_config(size: str):
+    """The DDPM config of a suite size (its network at the size's resolution and timesteps)."""
+    from support.ddpm.config import ddpm_config
+
+    s = SUITE_SIZES[size]
+    return ddpm_config(s["profile"], {"unet": {"sample_size": s["resolution"]},
+                                      "noise": {"num_train_timesteps": s["timesteps"]},
+                                      "train": {"sample_grid_steps": min(5, s["timesteps"])}})
+
+
+def _trained_for_quality(config, updates: int, batch: int, device) -> tuple[Any, torch.Tensor]:
+    """Our network trained ``updates`` updates on discs (the FD comparison needs a model that has
+    learnt something), its EMA weights; and held-out discs in [0, 1] to score samples against."""
+    from diffusers import DDPMPipeline
+
+    from support.ddpm.data import SyntheticDiscs
+    from support.ddpm.train import train_ddpm
+
+    train = dataclasses.replace(config.train, max_steps=updates, batch_size=batch, gradient_accumulation_steps=1,
+                                learning_rate=1e-3, lr_warmup_steps=0, ema_update_every=1,
+                                ema_update_after_step=min(20, updates), ema_decay=0.99, log_every=max(updates, 1),
+                                checkpoint_every=updates, validate_every=0, resume=None, cpu=device.type == "cpu",
+                                mixed_precision="no")
+    cfg = dataclasses.replace(config, train=train)
+    size = cfg.unet.sample_size
+    with tempfile.TemporaryDirectory() as tmp:
+        train_ddpm(cfg, SyntheticDiscs(batch * 64, size), tmp, progress=False)
+        unet = DDPMPipeline.from_pretrained(Path(tmp) / "pipeline").unet.to(device).eval()
+    return unet, (SyntheticDiscs(256, size, seed=1).images + 1) / 2
+
+
+def suite_cases(size: str, device, reference_path: str | None = None) -> list:
+    """The DDPM rows of the suite: training against their trainer loop; sampling per sampler and
+    batch size against their sampler (ancestral, DDIM) or, for DPM-Solver++, against our own
+    ancestral sampler at every timestep, with both samplers' Fréchet distance to held-out images."""
+    from support.benchmarks.gpu import step_flops
+    from support.benchmarks.runner import Case, Work
+    from support.core.schedules import make_noise_scheduler, make_sampler
+    from support.ddpm.model import build_unet
+    from support.ddpm.quality import compare_samplers
+    from support.ddpm.sampling import sample_images
+    from support.devices import pick_dtype
+
+    reference, why_not = import_reference(reference_path)
+    if reference is None:
+        raise ModuleNotFoundError(why_not)
+    s = SUITE_SIZES[size]
+    dev = torch.device(device)
+    dtype = pick_dtype(dev)
+    config = suite_config(size)
+    u = config.unet
+    T = config.noise.num_train_timesteps
+    flops = None
+    if dev.type == "cuda":      # FLOPs of one training image: forward and backward of the network
+        net = build_unet(u).to(dev)
+        x = torch.randn(1, u.in_channels, u.sample_size, u.sample_size, device=dev)
+        flops = step_flops(lambda: net(x, torch.zeros(1, dtype=torch.long, device=dev)).sample.square().mean())
+        del net
+
+    def ours_train():
+        return Work(*ours_training(config, s["train_batch"], s["updates"], s["warmup"], dev.type))
+
+    def peer_train():
+        return Work(*reference_training(reference, config, s["train_batch"], s["updates"], s["warmup"], str(dev),
+                                        dtype))
+
+    # Both sides drop their own warm-up updates: no round is dropped.
+    cases = [Case("DDPM", f"train {u.sample_size} px", "images/s", ours_train, peer_train,
+                  "denoising-diffusion-pytorch Trainer loop", batch=s["train_batch"], flops_per_item=flops,
+                  warm_ours=lambda: None, warm_peer=lambda: None)]
+
+    quality: dict[str, Any] = {}
+    if s["quality_updates"]:
+        unet, real = _trained_for_quality(config, s["quality_updates"], s["quality_batch"], dev)
+        table, _ = compare_samplers(unet, make_noise_scheduler(config.noise).config,
+                                    [("dpmsolver++", s["dpm_steps"]), ("ddpm", T)], real, s["quality_n"],
+                                    max(s["batches"]))
+        fd = dict(zip(table["sampler"], table["pixel_fd"]))
+        quality = {"fd_ours": fd["dpmsolver++"], "fd_peer": fd["ddpm"],
+                   "fd_within_10pct": abs(fd["dpmsolver++"] - fd["ddpm"]) <= 0.1 * fd["ddpm"],
+                   "fd_samples": s["quality_n"]}
+    else:
+        torch.manual_seed(0)
+        unet = build_unet(u).to(dev).eval()
+    unet = unet.to(dev, dtype)
+    noise_config = make_noise_scheduler(config.noise).config
+
+    def ours_sampler(name: str, steps: int, batch: int):
+        sampler = make_sampler(name, noise_config)
+        seeds = list(range(batch))
+
+        def call():
+            sample_images(unet, sampler, seeds, steps, device=dev, dtype=dtype)
+            return Work(batch)
+
+        return call, lambda: sample_images(unet, sampler, seeds, 2, device=dev, dtype=dtype)
+
+    for batch in s["batches"]:
+        for name, steps in (("ddpm", T), ("ddim", s["ddim_steps"]), ("dpmsolver++", s["dpm_steps"])):
+            ours, warm_ours = ours_sampler(name, steps, batch)
+            if name == "dpmsolver++":
+                peer, warm_peer = ours_sampler("ddpm", T, batch)
+                peer_name, extra = f"ours, ancestral {T} steps", quality
+            else:
+                theirs = reference_sampler(reference, config, str(dev), name, steps)
+
+                def peer(theirs=theirs, batch=batch):
+                    with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=dtype,
+                                                         enabled=dtype != torch.float32):
+                        theirs.sample(batch_size=batch)
+                    return Work(batch)
+
+                def warm_peer(theirs=theirs, batch=batch):
+                    with torch.no_grad():
+                        theirs.model(torch.randn(batch, u.in_channels, u.sample_size, u.sample_size, device=dev),
+                                     torch.zeros(batch, dtype=torch.long, device=dev))
+                peer_name, extra = f"denoising-diffusion-pytorch {name} sampler", {}
+            cases.append(Case("DDPM", f"sample {name} {steps} steps", "images/s", ours, peer, peer_name, batch=batch,
+                              warm_ours=warm_ours, warm_peer=warm_peer, extra=extra,
+                              rounds=None if name == "ddim" else s["sample_rounds"]))   # rows with a T-step walk
+    return cases
 
 
 # ------------------------------------------------------------------------------------ main

@@ -43,8 +43,8 @@ class GrayImages(torch.utils.data.Dataset):
         return {"image": self.images[i]}
 
 
-def ours_rate(config, images, updates: int, warmup: int) -> float:
-    """Images/s of ``train_dino`` over ``updates`` updates after ``warmup`` (its own timing)."""
+def ours_training(config, images, updates: int, warmup: int) -> tuple[int, float]:
+    """(images, seconds) of ``train_dino`` over ``updates`` updates after ``warmup`` (its own timing)."""
     from support.ssl.train import train_dino
 
     total = warmup + updates
@@ -53,7 +53,14 @@ def ours_rate(config, images, updates: int, warmup: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         history = train_dino(dataclasses.replace(config, train=train), images, tmp, progress=False)
     rates = history["images_per_s"][warmup:]
-    return len(rates) / sum(1.0 / r for r in rates)
+    batch = config.train.batch_size
+    return batch * len(rates), sum(batch / r for r in rates)
+
+
+def ours_rate(config, images, updates: int, warmup: int) -> float:
+    """Images/s of ``train_dino`` over ``updates`` updates after ``warmup`` (its own timing)."""
+    n, seconds = ours_training(config, images, updates, warmup)
+    return n / seconds
 
 
 class _Views(torch.utils.data.Dataset):
@@ -74,6 +81,12 @@ class _Views(torch.utils.data.Dataset):
 
 def lightly_example_rate(config, images, updates: int, warmup: int, device: torch.device) -> float:
     """Images/s of lightly's example loop over ``updates`` updates after ``warmup``."""
+    n, seconds = lightly_example(config, images, updates, warmup, device)
+    return n / seconds
+
+
+def lightly_example(config, images, updates: int, warmup: int, device: torch.device) -> tuple[int, float]:
+    """(images, seconds) of lightly's example loop over ``updates`` updates after ``warmup``."""
     from lightly.models.utils import deactivate_requires_grad, update_momentum
     from lightly.utils.scheduler import cosine_schedule
 
@@ -112,7 +125,27 @@ def lightly_example_rate(config, images, updates: int, warmup: int, device: torc
             if len(times) == total:
                 break
         epoch += 1
-    return t.batch_size * updates / sum(times[warmup:])
+    return t.batch_size * updates, sum(times[warmup:])
+
+
+SUITE_SIZES = {"toy": dict(profile="test", updates=2, warmup=1), "default": dict(profile="quick", updates=8, warmup=2),
+               "gpu": dict(profile="quick", updates=20, warmup=3)}
+
+
+def suite_cases(size: str, device) -> list:
+    """The suite's DINO row: training with multi-crop, the shared trainer against lightly's example loop."""
+    from support.benchmarks.runner import Case, Work
+    from support.ssl.config import dino_config
+
+    s = SUITE_SIZES[size]
+    dev = torch.device(device)
+    config = dino_config(s["profile"], {"train": {"cpu": dev.type == "cpu", "mixed_precision": "no"}})
+    data = GrayImages(config.train.batch_size * 4, config.crops.global_size)
+    return [Case("DINO", f"train, 2x{config.crops.global_size} + {config.crops.local_views}x{config.crops.local_size} "
+                 "px crops", "images/s", lambda: Work(*ours_training(config, data, s["updates"], s["warmup"])),
+                 lambda: Work(*lightly_example(config, data, s["updates"], s["warmup"], dev)),
+                 "lightly's example loop (examples/pytorch/dino.py)", batch=config.train.batch_size,
+                 warm_ours=lambda: None, warm_peer=lambda: None)]     # both drop their own warm-up updates
 
 
 def run(profile: str = "quick", updates: int = 12, warmup: int = 3, repeats: int = 3, images: int = 0,

@@ -123,6 +123,159 @@ def full_finetune_rate(pipe, batch_size: int, updates: int, warmup: int, resolut
     return out
 
 
+def diffusers_script_lora(pipe, config, batch_size: int, updates: int, warmup: int, resolution: int,
+                          dtype: torch.dtype) -> tuple[int, float]:
+    """(images, seconds) of diffusers' ``examples/text_to_image/train_text_to_image_lora.py``
+    training step over ``updates`` updates after ``warmup``: frozen VAE, text encoder and UNet in
+    ``dtype``, peft LoRA (``unet.add_adapter``, gaussian init) on the same modules and rank, fp32
+    adapters, AdamW, a ``DataLoader`` over the same images with captions tokenized in the collate
+    (the script tokenizes in its transform), encode, noise, predict, MSE, clip, step. ``pipe`` is
+    modified (adapters added): pass a copy."""
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    from support.t2i.data import SyntheticCaptioned
+
+    device = pipe.device
+    lcfg, t = config.lora, config.train
+    vae, text_encoder, unet, tokenizer = pipe.vae, pipe.text_encoder, pipe.unet, pipe.tokenizer
+    for model in (vae, text_encoder, unet):
+        model.requires_grad_(False).to(device, dtype=dtype)
+    unet.add_adapter(LoraConfig(r=lcfg.rank, lora_alpha=lcfg.alpha, init_lora_weights="gaussian",
+                                target_modules=list(lcfg.target_modules)))
+    if dtype != torch.float32:
+        cast_training_params(unet, dtype=torch.float32)
+    lora_layers = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(lora_layers, lr=t.learning_rate, betas=tuple(t.adam_betas),
+                                  weight_decay=1e-2, eps=t.adam_epsilon)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    def collate(items):
+        ids = tokenizer([it["caption"] for it in items], max_length=tokenizer.model_max_length, padding="max_length",
+                        truncation=True, return_tensors="pt").input_ids
+        return {"pixel_values": torch.stack([it["pixel_values"] for it in items]), "input_ids": ids}
+
+    data = SyntheticCaptioned(batch_size * (warmup + updates), resolution, channels=int(vae.config.in_channels))
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, collate_fn=collate)
+    unet.train()
+    times = []
+    tick = time.perf_counter()
+    for batch in loader:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            latents = vae.encode(batch["pixel_values"].to(device, dtype=dtype)).latent_dist.sample()
+            latents = latents * vae.config.scaling_factor
+            noise = torch.randn_like(latents)
+            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                      device=device).long()
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            hidden = text_encoder(batch["input_ids"].to(device), return_dict=False)[0]
+            target = (noise if noise_scheduler.config.prediction_type == "epsilon"
+                      else noise_scheduler.get_velocity(latents, noise, timesteps))
+            pred = unet(noisy, timesteps, hidden, return_dict=False)[0]
+            loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="mean")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lora_layers, t.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        times.append(now - tick)
+        tick = now
+    return batch_size * updates, sum(times[warmup:])
+
+
+SUITE_SIZES = {"toy": dict(profile="test", updates=2, warmup=1, batches=(1, 4), steps=5),
+               "default": dict(profile="quick", updates=6, warmup=2, batches=(1, 8, 32), steps=25),
+               "gpu": dict(profile="full", updates=10, warmup=3, batches=(1, 5, 32), steps=75)}
+
+
+def suite_cases(size: str, device) -> list:
+    """The suite's T2I-LoRA rows: LoRA training (``train_lora``, the shared trainer) against the
+    diffusers script's step, on the profile's small base (CPU) or SD 2.1-base's architecture at
+    512 px, batch 5 (CUDA); sampling per batch size with the profile's sampler (75 PNDM steps on
+    CUDA) through ``generate_images`` against the pipeline called directly, one generator per batch."""
+    import copy
+
+    from support.benchmarks.runner import Case, Work
+    from support.devices import pick_dtype
+    from support.t2i.base_model import build_sd21_base, build_small_pipeline, pipeline_resolution
+    from support.t2i.config import t2i_config, t2i_sampling_config
+    from support.t2i.data import SyntheticCaptioned
+    from support.t2i.sampling import generate_images
+
+    s = SUITE_SIZES[size]
+    dev = torch.device(device)
+    dtype = pick_dtype(dev)
+    if size == "gpu":
+        config = t2i_config("full")
+        sampling = t2i_sampling_config("full")
+        torch.manual_seed(0)
+        pipe = build_sd21_base(_tokenizer(8192), device=dev, dtype=dtype)
+        resolution = 512
+    else:
+        config = t2i_config(s["profile"], {"train": {"cpu": dev.type == "cpu", "mixed_precision": "no"}})
+        sampling = t2i_sampling_config(s["profile"])
+        pipe = build_small_pipeline(config.base, _tokenizer(config.base.text.vocab_size,
+                                                            config.base.text.max_length)).to(dev)
+        resolution = pipeline_resolution(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    batch = config.train.batch_size
+    train = dataclasses.replace(config.train, max_steps=s["warmup"] + s["updates"], batch_size=batch,
+                                gradient_accumulation_steps=1, log_every=1, checkpoint_every=s["warmup"] + s["updates"],
+                                validation_prompts=(), sample_every_epochs=0, resume=None, resolution=resolution)
+    train_config = dataclasses.replace(config, train=train)
+    data = SyntheticCaptioned(batch * (s["warmup"] + s["updates"]), resolution,
+                              channels=int(pipe.vae.config.in_channels))
+
+    def ours_train():
+        from support.t2i.train import train_lora
+
+        _reset_accelerate()
+        with tempfile.TemporaryDirectory() as tmp:
+            history = train_lora(train_config, copy.deepcopy(pipe), data, tmp, progress=False)
+        rates = history["steps_per_s"][s["warmup"]:]
+        return Work(batch * len(rates), sum(1.0 / r for r in rates))
+
+    def peer_train():
+        return Work(*diffusers_script_lora(copy.deepcopy(pipe), config, batch, s["updates"], s["warmup"], resolution,
+                                           dtype))
+
+    cases = [Case("T2I-LoRA", f"train LoRA r{config.lora.rank}, {resolution} px", "images/s", ours_train, peer_train,
+                  "diffusers train_text_to_image_lora.py step", batch=batch,
+                  warm_ours=lambda: None, warm_peer=lambda: None)]     # both drop their own warm-up updates
+    steps = s["steps"] if size == "toy" else sampling.steps
+    prompt = "view_position = PA. modality = CR. Moderate right pleural effusion."
+    for n in s["batches"]:
+        kwargs = dict(steps=steps, guidance_scale=sampling.guidance_scale, sampler=sampling.sampler, batch_size=n,
+                      resolution=resolution)
+
+        def ours(n=n, kwargs=kwargs):
+            generate_images(pipe, [prompt] * n, list(range(n)), **kwargs)
+            return Work(n)
+
+        def peer(n=n):
+            from support.core.schedules import make_sampler
+
+            original = pipe.scheduler
+            pipe.scheduler = make_sampler(sampling.sampler, original.config)
+            try:
+                pipe(prompt=[prompt] * n, num_inference_steps=steps, guidance_scale=sampling.guidance_scale,
+                     generator=torch.Generator("cpu").manual_seed(0), height=resolution, width=resolution,
+                     output_type="np")
+            finally:
+                pipe.scheduler = original
+            return Work(n)
+
+        cases.append(Case("T2I-LoRA", f"sample {sampling.sampler} {steps} steps, guidance {sampling.guidance_scale:g}",
+                          "images/s", ours, peer, "the diffusers pipeline called directly", batch=n,
+                          rounds=2 if size == "default" else None,
+                          warm_ours=lambda n=n, kwargs=kwargs: generate_images(
+                              pipe, [prompt] * n, list(range(n)), **{**kwargs, "steps": 2})))
+    return cases
+
+
 def sampling_rate(pipe, images: int, batch_size: int, steps: int, guidance_scale: float, sampler: str,
                   resolution: int) -> dict[str, Any]:
     """Images/s of ``generate_images`` (one warm-up batch first, not timed)."""

@@ -149,6 +149,48 @@ def generation_rates(models, inputs: dict[str, Any], directions: Sequence[str], 
     return runs
 
 
+SUITE_SIZES = {"toy": dict(profile="test", patients=20, batch=2, steps=3, directions=("T->F+L",)),
+               "default": dict(profile="quick", patients=40, batch=4, steps=None,
+                               directions=("T->F+L", "F->L+T", "L->F+T")),
+               "gpu": dict(profile="quick", patients=60, batch=16, steps=None,
+                           directions=("T->F+L", "F->L+T", "L->F+T"))}
+
+
+def suite_cases(size: str, device) -> list:
+    """The suite's XGeM rows: the two-output directions generated jointly (ours) against each output
+    from its own single-direction sampler, per study. The models are trained for a couple of updates
+    per stage on a phantom (speed does not depend on the weights)."""
+    import shutil
+
+    from support.benchmarks.runner import Case, Work
+    from support.xgem.generate import generate, parse_direction
+    from support.xgem.train import load_xgem, train_xgem
+
+    s = SUITE_SIZES[size]
+    dev = torch.device(device)
+    config = bench_config(s["profile"], 1, 1, dev.type == "cpu")
+    tmp = Path(tempfile.mkdtemp(prefix="xgem-suite-"))
+    records = phantom_records(tmp / "phantom", s["patients"], max(32, config.image_vae.size))
+    train_xgem(config, records, tmp / "model", progress=False)
+    models = load_xgem(config, tmp / "model", dev)
+    inputs = held_out_inputs(config, records, s["batch"])
+    steps = s["steps"] or config.generate.steps
+    cases = []
+    for direction in s["directions"]:
+        given = {m: inputs[m] if m == "report" else inputs[m].to(dev) for m in parse_direction(direction)[0]}
+
+        def call(joint: bool, given=given, direction=direction, steps=steps):
+            generate(models, direction, given, seed=0, steps=steps, joint=joint)
+            return Work(s["batch"])
+
+        cases.append(Case("XGeM", f"generate {direction}, {steps} DDIM steps", "studies/s",
+                          lambda call=call: call(True), lambda call=call: call(False),
+                          "single-direction samplers, one per output", batch=s["batch"],
+                          rounds=2 if size == "default" else None))
+    cases[-1].close = lambda: shutil.rmtree(tmp)
+    return cases
+
+
 def run(profile: str = "quick", patients: int = 60, updates: int = 6, warmup: int = 2, steps: int | None = None,
         batch: int = 4, repeats: int = 3, directions: Sequence[str] | None = None, device: str = "auto",
         threads: int | None = None) -> dict[str, Any]:

@@ -40,8 +40,11 @@ class LoopConfig(Checked):
     cpu: bool = False                       # force the CPU even where CUDA is present
     compile: bool = False                   # torch.compile the trained modules
     channels_last: bool = False             # channels-last memory format for the trained modules
+    fused_optimizer: bool = False           # Adam/AdamW's fused kernel (one kernel for all parameters)
+    sdpa: bool = True                       # fused scaled-dot-product attention kernels; False: the math backend
     seed: int = 0
     num_workers: int = 0
+    pin_memory: bool = True                 # page-locked batches for faster host-to-GPU copies (CUDA only)
     log_every: int = 10
     validate_every: int = 0                 # updates between validations; 0: at the end only
     validate_every_epochs: int = 0          # or at the end of every n-th epoch

@@ -4,9 +4,10 @@ A system supplies a small :class:`Task` (build the models, the loss of a batch, 
 preview samples, export) and a config whose ``train`` part is a :class:`LoopConfig`. The
 trainer owns everything else:
 
-- the accelerate set-up (bf16/fp16 on CUDA, gradient accumulation, optional ``torch.compile`` and
-  channels-last), launched in a notebook (:func:`launch`, ``notebook_launcher``) or from a shell
-  (``accelerate launch -m support.<system>.train``) with the same function;
+- the accelerate set-up (bf16/fp16 on CUDA, gradient accumulation) and the speed switches of
+  :class:`LoopConfig` (``torch.compile``, channels-last, fused Adam/AdamW, the attention kernels,
+  data-loader workers, pinned memory), launched in a notebook (:func:`launch`, ``notebook_launcher``)
+  or from a shell (``accelerate launch -m support.<system>.train``) with the same function;
 - the data order (a seeded distributed sampler; a resumed run skips what it has seen) and one
   generator per micro-batch, a pure function of (seed, micro-batch, rank), so a run resumed from
   a checkpoint repeats exactly the draws of an uninterrupted one;
@@ -213,6 +214,19 @@ def make_accelerator(mixed_precision: str, cpu: bool, accumulation_steps: int, t
         cpu=cpu, log_with=list(trackers) or None, project_dir=str(project_dir) if project_dir else None,
         dynamo_backend="inductor" if compile else "no",
     )
+
+
+def attention_backend(fused: bool):
+    """The attention kernels of ``F.scaled_dot_product_attention`` (diffusers' default processor and
+    the project's own attention layers call it): torch's choice of fused kernels (flash,
+    memory-efficient) when ``fused``, else the unfused math backend, the reference to compare with."""
+    import contextlib
+
+    if fused:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
@@ -472,7 +486,7 @@ def fit(task: Task, config, output_dir: str | os.PathLike,
             m.to(memory_format=torch.channels_last)
     optimizer_cls = torch.optim.AdamW if loop.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_cls(params, lr=loop.learning_rate, betas=tuple(loop.adam_betas), eps=loop.adam_epsilon,
-                              weight_decay=loop.weight_decay)
+                              weight_decay=loop.weight_decay, **({"fused": True} if loop.fused_optimizer else {}))
     sampler, batches_per_epoch = epoch_sampler(task.train_set, world, rank, loop.seed, loop.batch_size)
     max_steps = ctx.max_steps = loop.max_steps or -(-loop.epochs * batches_per_epoch // accum)
     # Stepped once per update by this loop (not by accelerate, which would step it once per process).
@@ -573,10 +587,10 @@ def fit(task: Task, config, output_dir: str | os.PathLike,
         loader = DataLoader(Subset(task.train_set, indices), batch_size=loop.batch_size, shuffle=False,
                             drop_last=True, num_workers=loop.num_workers, collate_fn=task.collate_fn,
                             generator=torch.Generator().manual_seed(loop.seed + epoch),
-                            pin_memory=device.type == "cuda")
+                            pin_memory=loop.pin_memory and device.type == "cuda")
         for batch in loader:
             info = Step(generator=step_generator(loop.seed, micro, rank, device), micro=micro, step=step, epoch=epoch)
-            with accelerator.accumulate(*prepared):
+            with accelerator.accumulate(*prepared), attention_backend(loop.sdpa):
                 with accelerator.autocast():
                     result = task.loss(batch, info)
                 loss, named = result if isinstance(result, tuple) else (result, {})

@@ -223,7 +223,7 @@ class DDPMTask(trainer.Task):
 
 
 def train_ddpm(config: DDPMConfig, train_dataset, output_dir: str | os.PathLike, val_dataset=None,
-               on_update: Callable[[int, torch.nn.Module], None] | None = None) -> dict:
+               on_update: Callable[[int, torch.nn.Module], None] | None = None, progress: bool = True) -> dict:
     """Train ``config`` on ``train_dataset`` (items ``{"image": (C, H, W) float in [-1, 1]}``).
 
     Writes under ``output_dir`` what the trainer writes (checkpoints with the online and EMA
@@ -232,7 +232,7 @@ def train_ddpm(config: DDPMConfig, train_dataset, output_dir: str | os.PathLike,
     Returns the history: losses, learning rates, images/s, validation losses of the online and
     EMA weights, the sample grids written.
     """
-    return trainer.fit(DDPMTask(config, train_dataset, val_dataset), config, output_dir, on_update)
+    return trainer.fit(DDPMTask(config, train_dataset, val_dataset), config, output_dir, on_update, progress)
 
 
 def launch_training(config: DDPMConfig, train_dataset, output_dir: str | os.PathLike, val_dataset=None,
