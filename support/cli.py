@@ -7,6 +7,7 @@
     synthcxr sample xgem --model RUN/models/xgem --direction "T->F+L" --report "..." --out DIR
     synthcxr export --set RUN/samples/ddpm-dpmsolver++-25 --out DIR   a Hugging Face imagefolder
     synthcxr bench STAGE [args]                a stage's benchmark against its peer
+    synthcxr cleanup-app [--run RUN] [--port P]   text removal by hand in a browser (127.0.0.1)
 
 Each generator writes a MIMIC-CXR-JPG-layout dataset with its provenance columns, as 04 does.
 ``python -m support.pipeline`` and the other modules' own commands keep working.
@@ -126,6 +127,8 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="the imagefolder to write (must not exist)")
     bench = sub.add_parser("bench", help="a stage's benchmark against its peer; its options follow", add_help=False)
     bench.add_argument("stage", choices=BENCH_STAGES)
+    sub.add_parser("cleanup-app", help="detect, choose and erase text in a browser; its options follow",
+                   add_help=False)
     return ap
 
 
@@ -139,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         return xgem_cli.main(["generate", *argv[2:]])
     if argv[:1] == ["bench"] and len(argv) > 1 and argv[1] in BENCH_STAGES:
         return importlib.import_module(f"support.benchmarks.{argv[1]}").main(argv[2:]) or 0
+    if argv[:1] == ["cleanup-app"]:
+        from support.cleanup import app
+        return app.main(argv[1:])
     args = parser().parse_args(argv)
     if args.command == "list":
         from support import pipeline
