@@ -38,7 +38,7 @@ from support.cleanup.interactive import (  # noqa: E402
 log = logging.getLogger(__name__)
 MAX_UPLOAD = "300mb"          # a large uncompressed DICOM; the pixel bound is checked after upload
 HOST = "127.0.0.1"
-CSS = "#status p {margin: 0.2em 0}"
+CSS = "#status p {margin: 0.2em 0} #regions [data-testid=checkbox-group] {max-height: 300px; overflow-y: auto}"
 
 
 def _escape(text: str) -> str:
@@ -207,9 +207,10 @@ def build(core: InteractiveCleanup):
         status = gr.Markdown(elem_id="status")
         state = gr.State(_empty_state())
         with gr.Row():
-            with gr.Column(scale=1, min_width=320):
+            with gr.Column(scale=2, min_width=320):
                 with gr.Tab("Upload"):
-                    upload = gr.File(label="Radiograph: PNG or JPEG (8 or 16 bit) or DICOM", elem_id="upload")
+                    upload = gr.File(label="Radiograph: PNG or JPEG (8 or 16 bit) or DICOM", elem_id="upload",
+                                     height=120)
                 with gr.Tab("From a dataset"):
                     source = gr.Dropdown(choices=list(sources), value=None, label="Run dataset or synthetic set",
                                          elem_id="source")
@@ -224,16 +225,18 @@ def build(core: InteractiveCleanup):
                 with gr.Row():
                     clear = gr.Button("Remove drawn boxes", size="sm")
                     erase = gr.Button("Erase selected", variant="primary", elem_id="erase")
-            with gr.Column(scale=2):
-                view = gr.Image(label="Detected regions: DBNet orange, marker blue, drawn magenta",
-                                format="png", interactive=False, elem_id="view", height=460)
-                table = gr.Dataframe(headers=REGION_COLUMNS, value=[], interactive=False, elem_id="table",
-                                     max_height=220)
-        with gr.Row():
-            before = gr.Image(label="Before", format="png", interactive=False, elem_id="before", height=400)
-            after = gr.Image(label="After", format="png", interactive=False, elem_id="after", height=400)
-        downloads = gr.File(label="Downloads: cleaned image (PNG, input's bit depth), mask, record (JSON)",
-                            file_count="multiple", interactive=False, elem_id="downloads")
+                downloads = gr.File(label="Downloads: cleaned image (PNG, input's bit depth), mask, record (JSON)",
+                                    file_count="multiple", interactive=False, elem_id="downloads")
+            with gr.Column(scale=5):
+                view = gr.Image(label="Detected regions: DBNet orange, marker blue, drawn magenta (click two "
+                                      "corners to add a box)", format="png", interactive=False, elem_id="view",
+                                height=420)
+                with gr.Row():
+                    before = gr.Image(label="Before", format="png", interactive=False, elem_id="before", height=340)
+                    after = gr.Image(label="After", format="png", interactive=False, elem_id="after", height=340)
+                with gr.Accordion("Regions as a table", open=False):
+                    table = gr.Dataframe(headers=REGION_COLUMNS, value=[], interactive=False, elem_id="table",
+                                         max_height=300)
         with gr.Accordion("Apply to the whole folder", open=False):
             gr.Markdown("Runs 05's batch cleaner over every image of the folder listed under 'From a "
                         "dataset' (a MIMIC-CXR-JPG root), with the backend above: every detected region is "
