@@ -8,6 +8,7 @@
     synthcxr export --set RUN/samples/ddpm-dpmsolver++-25 --out DIR   a Hugging Face imagefolder
     synthcxr bench [all] [--size toy|default]  every stage against its peer: one table (JSON, CSV, figure)
     synthcxr bench STAGE [args]                a stage's benchmark against its peer
+    synthcxr cleanup-app [--run RUN] [--port P]   text removal by hand in a browser (127.0.0.1)
 
 Each generator writes a MIMIC-CXR-JPG-layout dataset with its provenance columns, as 04 does.
 ``python -m support.pipeline`` and the other modules' own commands keep working.
@@ -128,6 +129,8 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="every stage against its peer (the suite), or one stage's benchmark; "
                                           "its options follow", add_help=False)
     bench.add_argument("stage", nargs="?", choices=("all", *BENCH_STAGES))
+    sub.add_parser("cleanup-app", help="detect, choose and erase text in a browser; its options follow",
+                   add_help=False)
     return ap
 
 
@@ -144,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"] and (len(argv) == 1 or argv[1] == "all" or argv[1].startswith("-")):
         from support.benchmarks import suite
         return suite.main(argv[2:] if argv[1:2] == ["all"] else argv[1:]) or 0
+    if argv[:1] == ["cleanup-app"]:
+        from support.cleanup import app
+        return app.main(argv[1:])
     args = parser().parse_args(argv)
     if args.command == "list":
         from support import pipeline

@@ -102,17 +102,26 @@ class Cleaner:
     >>> results = cleaner.clean_all(images)         # uint8/uint16 (H, W) or (H, W, 3) arrays
     """
 
-    def __init__(self, config: CleanupConfig | None = None):
+    def __init__(self, config: CleanupConfig | None = None, share: "Cleaner | None" = None):
+        """``share``: a cleaner with the same detection and mask settings whose detector and SAM
+        are reused, so another inpainting backend loads only its own model."""
         self.config = (config or CleanupConfig()).validate()
         self.times = StageTimes()
         start = time.perf_counter()
-        self.detector = TextDetector(self.config.detect)
-        self.sam = None
-        if self.config.mask.sam_checkpoint:
-            from support.cleanup.sam import SamRefiner
+        if share is not None:
+            for part in ("detect", "mask"):
+                if getattr(share.config, part) != getattr(self.config, part):
+                    raise ValueError(f"Cleaner(share=...): its {part} settings differ from this configuration's; "
+                                     f"only the inpainting may differ between cleaners that share models")
+            self.detector, self.sam = share.detector, share.sam
+        else:
+            self.detector = TextDetector(self.config.detect)
+            self.sam = None
+            if self.config.mask.sam_checkpoint:
+                from support.cleanup.sam import SamRefiner
 
-            m = self.config.mask
-            self.sam = SamRefiner.from_checkpoint(m.sam_checkpoint, m.sam_kind, m.sam_spec, m.device)
+                m = self.config.mask
+                self.sam = SamRefiner.from_checkpoint(m.sam_checkpoint, m.sam_kind, m.sam_spec, m.device)
         self.inpainter = make_inpainter(self.config.inpaint)
         self.load_seconds = time.perf_counter() - start
 
@@ -140,11 +149,26 @@ class Cleaner:
 
     def clean_batch(self, images: Sequence[np.ndarray], keys: Sequence[str] | None = None) -> list[CleanResult]:
         """Clean one batch; ``keys`` (e.g. dicom ids) seed the diffusion backends per image."""
+        arrays, grays = self._checked(images, keys)
+        return self._remove(arrays, grays, self.detect(grays), keys)
+
+    def erase_boxes(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[TextBox]],
+                    keys: Sequence[str] | None = None) -> list[CleanResult]:
+        """Clean one batch where the boxes are given (a person's choice among the detections, boxes
+        drawn by hand) instead of detected; mask, inpainting and composite as :meth:`clean_batch`."""
+        if len(boxes) != len(images):
+            raise ValueError(f"{len(boxes)} box lists for {len(images)} images")
+        arrays, grays = self._checked(images, keys)
+        return self._remove(arrays, grays, [list(b) for b in boxes], keys)
+
+    def _checked(self, images, keys) -> tuple[list[np.ndarray], list[np.ndarray]]:
         if keys is not None and len(keys) != len(images):
             raise ValueError(f"{len(keys)} keys for {len(images)} images")
         arrays = [check_image(im, f"image {keys[i] if keys is not None else i}") for i, im in enumerate(images)]
-        grays = [gray8(a) for a in arrays]
-        boxes = self.detect(grays)
+        return arrays, [gray8(a) for a in arrays]
+
+    def _remove(self, arrays, grays, boxes, keys) -> list[CleanResult]:
+        """Mask, dilate, inpaint and composite the boxes of each image."""
         text_masks, masks, fallbacks = [], [], []
         m = self.config.mask
         for gray, bx in zip(grays, boxes):
