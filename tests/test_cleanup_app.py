@@ -135,6 +135,10 @@ def test_bad_uploads_come_back_as_messages(ui, tmp_path, monkeypatch):
     Image.fromarray(np.zeros((101, 100), np.uint8)).save(tmp_path / "big.png")
     *_, status = ui.open_upload(str(tmp_path / "big.png"), _state())
     assert "big.png: 100x101 pixels, more than MAX\\_PIXELS=10000" in status
+    from test_integrity_formats import _png_header
+    bomb = _png_header(tmp_path / "bomb.png", 30000, 30000)      # a few bytes declaring 900 megapixels
+    *_, status = ui.open_upload(str(bomb), _state())
+    assert status.startswith("**Cannot open this file**: bomb.png: ") and "decompression bomb" in status
     *_, status = ui.open_upload(None, _state())
     assert "no file uploaded" in status
     # nothing to erase, nothing ticked, a backend not given

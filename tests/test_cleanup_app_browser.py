@@ -1,8 +1,8 @@
 """The cleanup app as a person uses it: a real Chromium, driven by Selenium, against the served page.
 
-Upload a phantom radiograph with burned-in text, tick every detected region, erase, download the
-cleaned image and its mask, and check that the text pixels changed and no pixel outside the mask
-did. Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them when it can);
+Upload a file that is not an image (a message, the server stays up), then a phantom radiograph
+with burned-in text; tick every detected region, erase, download the cleaned image and its mask,
+and check that the text pixels changed and no pixel outside the mask did. Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them when it can);
 skipped, saying so, where they are missing.
 """
 
@@ -51,17 +51,28 @@ def test_upload_tick_every_region_erase_and_download(text_phantom, tmp_path):
         pytest.skip("no browser: Debian's chromium and chromium-driver are not installed "
                     "(.ci/run installs them as root or with passwordless sudo)")
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     _, images = text_phantom
     dicom, png, text = images[0]
     original = np.asarray(Image.open(png))
     downloads = tmp_path / "downloads"
     downloads.mkdir()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
     page, port = _launch(tmp_path / "app")
     driver = None
     try:
         driver = chrome(downloads, tmp_path / "profile")
-        done = upload_and_erase(driver, f"http://127.0.0.1:{port}/", png, WAIT_S)
+        # a file that is not an image: a message naming it on the page, and the server keeps serving
+        url = f"http://127.0.0.1:{port}/"
+        driver.get(url)
+        wait = WebDriverWait(driver, WAIT_S)
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]")).send_keys(str(notes))
+        wait.until(lambda d: "Cannot open this file" in d.find_element(By.ID, "status").text)
+        assert driver.find_element(By.ID, "status").text == \
+            "Cannot open this file: notes.txt: not an image Pillow can identify"
+        done = upload_and_erase(driver, url, png, WAIT_S)
         assert done["names"] == [f"{dicom}-cleaned.png", f"{dicom}-mask.png", f"{dicom}-erased.json"]
         status = driver.find_element(By.ID, "status").text
         assert f"Erased: {done['regions']} region(s) of {png.name}" in status
