@@ -72,9 +72,9 @@ def test_every_profile_the_runner_knows_is_a_preset_of_every_system():
     # study exists to show effects: the T2I base reads text at every level and trains longer than quick
     study, quick = t2i_config("study").base, t2i_config("quick").base
     assert set(study.unet.cross_attention_levels) == set(range(len(study.unet.block_out_channels)))
-    assert study.ldm_training.max_steps > 5 * quick.ldm_training.max_steps
+    assert study.ldm_training.max_steps > 4 * quick.ldm_training.max_steps
     ddpm_study, ddpm_quick = ddpm_config("study").train, ddpm_config("quick").train
-    assert ddpm_study.max_steps * ddpm_study.batch_size >= 5 * ddpm_quick.max_steps * ddpm_quick.batch_size
+    assert ddpm_study.max_steps * ddpm_study.batch_size >= 3 * ddpm_quick.max_steps * ddpm_quick.batch_size
     assert ddpm_study.val_fd_samples and ddpm_study.validate_every < ddpm_study.max_steps   # a quality curve
 
 
@@ -184,8 +184,14 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     # 06 judged both synthetic sets, conditional fidelity where findings were requested
     evaluation = read_json(root / "metrics" / "06_evaluation.json")
     name = t2i_root.name
-    assert f"{name}.fd" in evaluation and f"{name}.cond_auroc_mean" in evaluation
-    assert "xgem-t2fl.fd" in evaluation and "xgem-t2fl.cond_auroc_mean" in evaluation
+    assert f"{name}.fd" in evaluation and "xgem-t2fl.fd" in evaluation
+    # conditional fidelity ran on the sets with requested findings; 3 images a finding are too few to
+    # rank, so the AUROC is withheld (NaN in the table, absent from the summary), never a number
+    table = pd.read_csv(root / "metrics" / "06_evaluation_table.csv").set_index("set")
+    for conditioned in (name, "xgem-t2fl", f"{name}-cleaned"):
+        assert "cond_auroc_mean" in table and np.isnan(table.loc[conditioned, "cond_auroc_mean"])
+        assert f"{conditioned}.cond_auroc_mean" not in evaluation
+    assert table.filter(like="cond_auroc/").loc[name].isna().all()
     # 06 judged XGeM's laterals against the real laterals, memorisation audit included
     assert {"xgem-t2fl.lateral.fd", "xgem-t2fl.lateral.privacy_share_flagged"} <= set(evaluation)
     assert f"{name}.lateral.fd" not in evaluation                           # T2I-LoRA's set has no lateral
@@ -197,7 +203,7 @@ def test_whole_pipeline_runs_under_test_profile(tmp_path):
     # 05 cleaned the generated set beside itself, which 06 judged too, with the labels it was asked for
     cleanup = read_json(root / "metrics" / "05_cleanup.json")
     assert cleanup["cleaned_sets"][name]["images"] == 6 and cleanup["cleaned_sets"][name]["skipped"] == 0
-    assert f"{name}-cleaned.fd" in evaluation and f"{name}-cleaned.cond_auroc_mean" in evaluation
+    assert f"{name}-cleaned.fd" in evaluation
     # 05's measured text removal on the phantom: text found, and nothing changed outside the masks
     for backend in cleanup["backends"]:
         assert 0 < cleanup[f"{backend}.pixel_recall"] <= 1 and 0 <= cleanup[f"{backend}.det_precision"] <= 1
