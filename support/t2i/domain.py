@@ -52,6 +52,13 @@ class SourceDomain(Checked):
         y = np.clip(y, 0.0, 1.0) ** self.gamma
         return (self.black + (self.white - self.black) * y).astype(np.float32)
 
+    def undo(self, image: np.ndarray) -> np.ndarray:
+        """The tone curve inverted (levels, then gamma) on images (..., H, W) in [0, 1]: a
+        source-domain image shown in the target's tones, so a target-trained classifier can
+        read it. The blur stays (it is small beside the findings' scale)."""
+        x = (np.asarray(image, dtype=np.float32) - self.black) / (self.white - self.black)
+        return (np.clip(x, 0.0, 1.0) ** (1.0 / self.gamma)).astype(np.float32)
+
 
 def identity() -> SourceDomain:
     return SourceDomain(blur=0.0, gamma=1.0, black=0.0, white=1.0)

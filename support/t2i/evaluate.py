@@ -100,6 +100,22 @@ def reference_classifier(records: pd.DataFrame, cache_root: str | os.PathLike, c
                                   fingerprint=fingerprint or dataset_fingerprint(records))
 
 
+def own_domain_sets(domain, base_images: Any, real_images: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Does the base draw the requested finding in its own (source) domain, before any LoRA?
+
+    The target-trained classifier cannot read source-domain tones, so the base's samples are
+    shown with the source look undone (:meth:`SourceDomain.undo`). The real test images sent
+    through the source look and back are that readout's ceiling: what survives the round trip.
+    Returns ``({"base, own domain": ...}, {"real, source look and back": ...})``, arrays
+    (N, H, W) in [0, 1] for :func:`finding_rates`."""
+    from support.eval.images import as_image_set
+
+    real = as_image_set(real_images, name="real").load().numpy()[:, 0]
+    base = np.asarray(base_images, dtype=np.float32)
+    return ({"base, own domain": domain.undo(base)},
+            {"real, source look and back": domain.undo(np.stack([domain(r) for r in real]))})
+
+
 def requested_matrix(plan: pd.DataFrame, findings: Sequence[str]) -> np.ndarray:
     """(N, F) requests: 1 asked for, 0 not asked for (an unmentioned finding counts as not asked),
     NaN uncertain (-1), which is left out."""
