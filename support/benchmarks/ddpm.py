@@ -46,10 +46,13 @@ def import_reference(path: str | Path | None):
             sys.path.append(candidate)  # appended: the venv's own packages keep precedence
     try:
         from denoising_diffusion_pytorch import GaussianDiffusion, Unet
+        from denoising_diffusion_pytorch import denoising_diffusion_pytorch as module
         from ema_pytorch import EMA
     except ImportError as exc:
         return None, (f"denoising-diffusion-pytorch not importable ({exc}); install the peers with "
                       f"`make bench-deps` (into {DEFAULT_REFERENCE_PATH}) or pass --reference-path")
+    # its samplers draw a progress bar per call (1,000 lines a walk); ours run without one
+    module.tqdm = functools.partial(module.tqdm, disable=True)
     return (Unet, GaussianDiffusion, EMA), None
 
 

@@ -113,7 +113,7 @@ def format_table(table: pd.DataFrame) -> str:
     text = shown.to_string(index=False)
     few = int((table["rounds"] < max_rounds).sum())
     if few:
-        text += f"\n* {few} rows measured in fewer than {max_rounds} rounds (each a long walk): fewer pairs behind their range"
+        text += f"\n* {few} rows measured in fewer than {max_rounds} rounds (the costliest): fewer pairs behind their range"
     return text
 
 
