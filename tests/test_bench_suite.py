@@ -124,3 +124,28 @@ def test_the_suite_at_toy_size_writes_one_table_with_every_stage_against_its_pee
     assert (folder / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "ours/peer" in printed and str(folder) in printed
+
+
+def test_the_printed_table_stars_rows_measured_in_fewer_rounds():
+    from support.benchmarks.suite import format_table
+
+    row = {"stage": "DDPM", "task": "t", "batch": 8, "unit": "images/s", "ours_rate": 2.0, "ours_q1": 1.9,
+           "ours_q3": 2.1, "peer_rate": 1.0, "peer_q1": 0.9, "peer_q3": 1.1, "ratio": 2.0, "ratio_min": 1.8,
+           "ratio_max": 2.2, "ours_peak_rss_mib": 10.0, "peer_peak_rss_mib": 12.0, "peer": "them"}
+    text = format_table(pd.DataFrame([{**row, "rounds": 3}, {**row, "task": "long walk", "rounds": 2}]))
+    lines = text.splitlines()
+    assert "2*" in next(line for line in lines if "long walk" in line)
+    assert "3*" not in text and "1 rows measured in fewer than 3 rounds" in text
+    assert "fewer than" not in format_table(pd.DataFrame([{**row, "rounds": 3}]))
+
+
+def test_ddpm_ancestral_rows_run_only_at_their_batch_sizes(monkeypatch):
+    from support.benchmarks import ddpm
+
+    if ddpm.import_reference(None)[0] is None:
+        pytest.skip("the DDPM peer (denoising-diffusion-pytorch) is not installed: make bench-deps")
+    monkeypatch.setitem(ddpm.SUITE_SIZES, "toy", {**ddpm.SUITE_SIZES["toy"], "ancestral_batches": (1,),
+                                                   "quality_updates": 0})
+    rows = {(case.task.split()[1], case.batch) for case in ddpm.suite_cases("toy", "cpu") if case.task.startswith("sample")}
+    assert rows == {("ddpm", 1), ("dpmsolver++", 1), ("ddim", 1), ("ddim", 4)}
+    assert ddpm.SUITE_SIZES["default"]["ancestral_batches"] == (1, 8)     # no 1,000-step walk at batch 32 on 2 cores

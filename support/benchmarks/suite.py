@@ -88,7 +88,9 @@ def run_cases(stages: Sequence[str], size: str, device: torch.device, rounds: in
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """The table as printed: rates as median [q1, q3], the ratio with its per-round range."""
+    """The table as printed: rates as median [q1, q3], the ratio with its per-round range; rows
+    measured in fewer rounds than the others are starred."""
+    max_rounds = int(table["rounds"].max())
     def spread(side: str):
         return table.apply(lambda r: f"{r[f'{side}_rate']:.3g} [{r[f'{side}_q1']:.3g}, {r[f'{side}_q3']:.3g}]",
                            axis=1)
@@ -100,13 +102,19 @@ def format_table(table: pd.DataFrame) -> str:
         "ours/peer": table.apply(lambda r: f"{r['ratio']:.2f} [{r['ratio_min']:.2f}, {r['ratio_max']:.2f}]", axis=1),
         "RSS MiB ours/peer": table.apply(lambda r: f"{r['ours_peak_rss_mib']:.0f}/{r['peer_peak_rss_mib']:.0f}",
                                          axis=1),
+        # fewer rounds than the suite's (the costliest rows): their spread rests on that many pairs
+        "rounds": table["rounds"].map(lambda n: f"{int(n)}" + ("*" if int(n) < max_rounds else "")),
         "peer is": table["peer"]})
     if "ours_cuda_peak_mib" in table:
         shown.insert(8, "CUDA MiB ours/peer", table.apply(
             lambda r: f"{r['ours_cuda_peak_mib']:.0f}/{r['peer_cuda_peak_mib']:.0f}", axis=1))
     if "ours_mfu" in table:
         shown.insert(8, "MFU ours", table["ours_mfu"].map(lambda v: "-" if pd.isna(v) else f"{v:.1%}"))
-    return shown.to_string(index=False)
+    text = shown.to_string(index=False)
+    few = int((table["rounds"] < max_rounds).sum())
+    if few:
+        text += f"\n* {few} rows measured in fewer than {max_rounds} rounds (the costliest): fewer pairs behind their range"
+    return text
 
 
 def plot(table: pd.DataFrame, scaling: pd.DataFrame | None):
