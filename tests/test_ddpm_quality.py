@@ -71,7 +71,8 @@ def test_each_setting_samples_its_seeds_and_scores_them(tiny):
         assert x.shape == (3, 1, 16, 16)
         row = table[(table["sampler"] == sampler) & (table["steps"] == steps)].iloc[0]
         assert row["pixel_fd"] == pytest.approx(pixel_frechet(x, real, size=8))        # at the size asked for
-        assert row["images_per_s"] == pytest.approx(3 / row["seconds"], rel=0.01)
+        # both are rounded to 3 decimals: at a few milliseconds the rounding of seconds dominates
+        assert row["images_per_s"] == pytest.approx(3 / row["seconds"], rel=0.01 + 0.0005 / row["seconds"])
         # seeds seed..seed+n-1, one image per seed whatever the batching
         alone, _ = generate(unet, scheduler_config, sampler, steps, [6], batch_size=1)
         assert torch.allclose(alone[0], x[1], atol=1e-5)
