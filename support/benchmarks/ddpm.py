@@ -52,7 +52,8 @@ def import_reference(path: str | Path | None):
         return None, (f"denoising-diffusion-pytorch not importable ({exc}); install the peers with "
                       f"`make bench-deps` (into {DEFAULT_REFERENCE_PATH}) or pass --reference-path")
     # its samplers draw a progress bar per call (1,000 lines a walk); ours run without one
-    module.tqdm = functools.partial(module.tqdm, disable=True)
+    if not isinstance(module.tqdm, functools.partial):      # once, however often this is called
+        module.tqdm = functools.partial(module.tqdm, disable=True)
     return (Unet, GaussianDiffusion, EMA), None
 
 
